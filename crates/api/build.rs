@@ -1,0 +1,31 @@
+//! Build script of arbiter-api.
+//! Compiles `proto/` with protox (no system `protoc`), writes the
+//! FileDescriptorSet that the crate embeds, and generates prost/tonic code.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+const PROTOS: &[&str] = &[
+    "arbiter/v1/vms.proto",
+    "arbiter/v1/users.proto",
+    "arbiter/v1/prompts.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    println!("cargo:rerun-if-changed={}", root.display());
+    let fds = protox::Compiler::new([&root])?
+        .include_imports(true)
+        .include_source_info(true)
+        .open_files(PROTOS)?
+        .file_descriptor_set();
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("arbiter_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        // Maps encode in key order, so equal requests encode to equal bytes
+        // (request_id fingerprints) and labels come back sorted.
+        .btree_map(".")
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,883 @@
+//! The generic apply pipeline: every operation on every kind goes through
+//! [`Engine`]. Validation, lifecycle checks and (later) policy evaluation run
+//! here, outside any lock, against the object as read at revision r; the
+//! store's sequencer then commits only if the object is still at r and the
+//! unique keys are still free. A client that sent an etag gets `ABORTED` if
+//! the object moved; one that did not is re-evaluated on the new state, a
+//! bounded number of times.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arbiter_api::v1::{Prompt, User, VirtualMachine};
+use arbiter_store::{
+    ChangeMeta, CommitError, Expect, IdempotencyMark, IdempotencyRecord, Mutation, Scan, Store, Versioned,
+};
+use prost_types::Timestamp;
+use sha2::{Digest, Sha256};
+
+use crate::auth::{Access, Caller};
+use crate::error::{Current, Error, FieldViolation};
+use crate::filter::Filter;
+use crate::kind::{Kind, Resource};
+use crate::mask;
+use crate::names::{self, Name};
+use crate::page;
+use crate::validate::{check_id, check_labels, check_request_id};
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How long a request id's outcome is remembered.
+    pub idempotency_ttl: Duration,
+    /// How often a write without an etag is re-evaluated when the object
+    /// moved underneath it.
+    pub max_retries: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            idempotency_ttl: Duration::from_secs(24 * 60 * 60),
+            max_retries: 8,
+        }
+    }
+}
+
+/// A client's request id with a fingerprint of the request it came with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestId {
+    /// The id as sent; empty when the client sent none.
+    pub id: String,
+    /// Digest of the method and the request.
+    pub fingerprint: Vec<u8>,
+}
+
+impl RequestId {
+    /// Fingerprints `request` (its encoding) sent to `method`.
+    pub fn new(id: impl Into<String>, method: &str, request: &[u8]) -> Self {
+        let mut digest = Sha256::new();
+        digest.update(method.as_bytes());
+        digest.update([0]);
+        digest.update(request);
+        Self {
+            id: id.into(),
+            fingerprint: digest.finalize().to_vec(),
+        }
+    }
+}
+
+/// A create (AIP-133).
+#[derive(Debug, Clone)]
+pub struct CreateRequest<R> {
+    /// `tenants/{tenant}`.
+    pub parent: String,
+    /// The new resource's id.
+    pub id: String,
+    /// The resource; output-only fields are ignored.
+    pub resource: R,
+    /// Idempotency.
+    pub request_id: RequestId,
+    /// Check only.
+    pub validate_only: bool,
+}
+
+/// An update (AIP-134).
+#[derive(Debug, Clone)]
+pub struct UpdateRequest<R> {
+    /// The resource with its name, new values and optional etag.
+    pub resource: R,
+    /// The mask paths.
+    pub update_mask: Vec<String>,
+    /// Idempotency.
+    pub request_id: RequestId,
+    /// Check only.
+    pub validate_only: bool,
+}
+
+/// A delete (AIP-135).
+#[derive(Debug, Clone)]
+pub struct DeleteRequest {
+    /// The resource name.
+    pub name: String,
+    /// Optional etag precondition.
+    pub etag: String,
+    /// Idempotency.
+    pub request_id: RequestId,
+    /// Check only.
+    pub validate_only: bool,
+}
+
+/// A state-changing custom method (AIP-136).
+#[derive(Debug, Clone)]
+pub struct TransitionRequest {
+    /// The resource name.
+    pub name: String,
+    /// Optional etag precondition.
+    pub etag: String,
+    /// Idempotency.
+    pub request_id: RequestId,
+    /// The custom verb, e.g. `start`.
+    pub verb: &'static str,
+}
+
+/// A list (AIP-132).
+#[derive(Debug, Clone, Default)]
+pub struct ListRequest {
+    /// `tenants/{tenant}`.
+    pub parent: String,
+    /// Requested page size.
+    pub page_size: i32,
+    /// Token of the previous page.
+    pub page_token: String,
+    /// Filter expression.
+    pub filter: String,
+}
+
+/// One page of a list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListPage<R> {
+    /// The resources in name order.
+    pub items: Vec<R>,
+    /// Token of the next page, empty on the last.
+    pub next_page_token: String,
+}
+
+/// The outcome of the idempotency check.
+enum Begin<'a> {
+    Replay(IdempotencyRecord),
+    Fresh(Option<IdempotencyMark>, Option<InflightGuard<'a>>),
+}
+
+/// Marks a request id in flight until dropped.
+struct InflightGuard<'a> {
+    set: &'a Mutex<HashSet<Vec<u8>>>,
+    key: Vec<u8>,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// The resource engine over a store.
+#[derive(Debug)]
+pub struct Engine<S> {
+    store: Arc<S>,
+    config: EngineConfig,
+    inflight: Mutex<HashSet<Vec<u8>>>,
+}
+
+fn now() -> (i64, Timestamp) {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let ms = i64::try_from(since.as_millis()).unwrap_or(i64::MAX);
+    let ts = Timestamp {
+        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+    };
+    (ms, ts)
+}
+
+/// The etag of a revision: a quoted strong entity tag (AIP-154).
+pub fn etag_of(revision: u64) -> String {
+    format!("\"{revision:x}\"")
+}
+
+/// Compares a client's etag with the current one, tolerating a missing
+/// pair of quotes.
+fn etag_matches(given: &str, current: &str) -> bool {
+    let bare = |e: &str| e.trim().trim_matches('"').to_string();
+    bare(given) == bare(current)
+}
+
+/// RFC 3339 text of a timestamp.
+pub fn rfc3339(ts: Option<&Timestamp>) -> String {
+    ts.map(ToString::to_string).unwrap_or_default()
+}
+
+fn current_of<R: Resource>(r: &R) -> Current {
+    let meta = r.meta();
+    Current {
+        etag: meta.etag.to_string(),
+        state: R::KIND.state_name(meta.state).to_string(),
+        updated_by: meta.updated_by.to_string(),
+        update_time: rfc3339(meta.update_time),
+    }
+}
+
+fn decode<R: Resource>(key: &[u8], stored: &Versioned) -> Result<R, Error> {
+    let mut r = R::decode(stored.value.as_slice())
+        .map_err(|e| Error::storage("decoding a stored resource", format!("{e} at {key:?}")))?;
+    let meta = r.meta_mut();
+    *meta.revision = stored.revision;
+    *meta.etag = etag_of(stored.revision);
+    Ok(r)
+}
+
+/// Encodes a resource for storage: the revision and etag come from the
+/// store and are not kept in the value.
+fn encode<R: Resource>(r: &R) -> Vec<u8> {
+    let mut bare = r.clone();
+    let meta = bare.meta_mut();
+    *meta.revision = 0;
+    meta.etag.clear();
+    bare.encode_to_vec()
+}
+
+fn validate_resource<R: Resource>(r: &R, prefix: &str, out: &mut Vec<FieldViolation>) {
+    for f in R::KIND.fields {
+        let value = r.field(f.name).map(String::as_str).unwrap_or_default();
+        let path = format!("{prefix}.{}", f.name);
+        if value.is_empty() {
+            if f.required {
+                out.push(FieldViolation::new(path, "is required"));
+            }
+        } else if let Err(e) = (f.check)(value) {
+            out.push(FieldViolation::new(path, e));
+        }
+    }
+    check_labels(&format!("{prefix}.labels"), r.meta().labels, out);
+}
+
+/// A unique field value of a resource: its store key, field and raw value.
+struct UniqueValue {
+    key: Vec<u8>,
+    field: &'static str,
+    value: String,
+}
+
+fn unique_values<R: Resource>(tenant: &str, r: &R) -> Vec<UniqueValue> {
+    R::KIND
+        .fields
+        .iter()
+        .filter_map(|f| {
+            let normalize = f.unique?;
+            let value = r.field(f.name)?;
+            (!value.is_empty()).then(|| UniqueValue {
+                key: names::unique_key(tenant, R::KIND, f.name, &normalize(value)),
+                field: f.name,
+                value: value.clone(),
+            })
+        })
+        .collect()
+}
+
+fn invalid(violations: Vec<FieldViolation>) -> Result<(), Error> {
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidField { violations })
+    }
+}
+
+impl<S: Store> Engine<S> {
+    /// An engine over `store`.
+    pub fn new(store: Arc<S>, config: EngineConfig) -> Self {
+        Self {
+            store,
+            config,
+            inflight: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// Reads one resource.
+    pub async fn get<R: Resource>(&self, caller: &Caller, name: &str) -> Result<R, Error> {
+        let name = names::parse_name("name", R::KIND, name)?;
+        caller.authorize(&name.tenant, Access::Read)?;
+        let (_, r) = self.read::<R>(&name).await?;
+        Ok(r)
+    }
+
+    /// Lists resources in name order, one page at a time.
+    pub async fn list<R: Resource>(&self, caller: &Caller, req: ListRequest) -> Result<ListPage<R>, Error> {
+        let kind = R::KIND;
+        let tenant = names::parse_parent("parent", &req.parent)?;
+        caller.authorize(&tenant, Access::Read)?;
+        let size = page::size(req.page_size)?;
+        let filter = Filter::parse(kind, &req.filter)?;
+        let prefix = names::collection_prefix(&tenant, kind);
+        let after = match req.page_token.as_str() {
+            "" => None,
+            token => {
+                let last = page::decode(token, &req.parent, kind.collection, &req.filter)?;
+                let mut key = prefix.clone();
+                key.extend_from_slice(last.as_bytes());
+                Some(key)
+            }
+        };
+        let mut items: Vec<R> = Vec::with_capacity(size + 1);
+        let mut failure = None;
+        self.store
+            .scan(&prefix, after.as_deref(), &mut |key, stored| {
+                match decode::<R>(key, &stored) {
+                    Ok(r) if filter.matches(&r) => items.push(r),
+                    Ok(_) => {}
+                    Err(e) => failure = Some(e),
+                }
+                if items.len() > size || failure.is_some() {
+                    Scan::Stop
+                } else {
+                    Scan::Continue
+                }
+            })
+            .await
+            .map_err(|e| Error::storage("listing resources", e))?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let mut next_page_token = String::new();
+        if items.len() > size {
+            items.truncate(size);
+            if let Some(last) = items.last() {
+                let id = last
+                    .meta()
+                    .name
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                next_page_token = page::encode(&req.parent, kind.collection, &req.filter, &id);
+            }
+        }
+        Ok(ListPage {
+            items,
+            next_page_token,
+        })
+    }
+
+    /// Creates a resource in its initial state.
+    pub async fn create<R: Resource>(&self, caller: &Caller, req: CreateRequest<R>) -> Result<R, Error> {
+        let kind = R::KIND;
+        let tenant = names::parse_parent("parent", &req.parent)?;
+        caller.authorize(&tenant, Access::Write)?;
+        let mut violations = Vec::new();
+        if let Err(e) = check_id(&req.id) {
+            violations.push(FieldViolation::new(format!("{}_id", kind.singular), e));
+        }
+        validate_resource(&req.resource, kind.singular, &mut violations);
+        violations.extend(check_request_id(&req.request_id.id).err());
+        invalid(violations)?;
+        let name = Name {
+            tenant,
+            id: req.id.clone(),
+        };
+        let (mark, _guard) = match self
+            .begin(&name.tenant, &req.request_id, req.validate_only)
+            .await?
+        {
+            Begin::Replay(record) => return self.replayed::<R>(&name, &record),
+            Begin::Fresh(mark, guard) => (mark, guard),
+        };
+        let (ms, ts) = now();
+        let mut r = R::default();
+        mask::apply(
+            &mask::parse(&["*".to_string()], &req.resource)?,
+            &req.resource,
+            &mut r,
+        );
+        {
+            let meta = r.meta_mut();
+            *meta.name = name.full(kind);
+            *meta.uid = uuid::Uuid::new_v4().to_string();
+            *meta.state = kind.initial_state;
+            *meta.create_time = Some(ts);
+            *meta.update_time = Some(ts);
+            caller.principal.clone_into(meta.created_by);
+            caller.principal.clone_into(meta.updated_by);
+        }
+        let key = name.key(kind);
+        let uniques = unique_values(&name.tenant, &r);
+        if req.validate_only {
+            if let Some(existing) = self.get_stored(&key).await? {
+                return Err(self.exists::<R>(&name, &key, &existing));
+            }
+            for u in &uniques {
+                if let Some(owner) = self.owner(&u.key).await? {
+                    return Err(taken::<R>(&name, u, &owner));
+                }
+            }
+            return Ok(r);
+        }
+        let mutation = Mutation {
+            key: key.clone(),
+            expect: Expect::Absent,
+            value: Some(encode(&r)),
+            claims: uniques.iter().map(|u| u.key.clone()).collect(),
+            releases: Vec::new(),
+            change: self.change(caller, &req.request_id, ms),
+            idempotency: mark,
+        };
+        match self.store.commit(mutation).await {
+            Ok(done) => {
+                let meta = r.meta_mut();
+                *meta.revision = done.revision;
+                *meta.etag = etag_of(done.revision);
+                Ok(r)
+            }
+            Err(CommitError::Conflict {
+                current: Some(existing),
+            }) => Err(self.exists::<R>(&name, &key, &existing)),
+            Err(CommitError::Taken { key, owner }) => {
+                let u = uniques.iter().find(|u| u.key == key);
+                Err(u.map_or_else(
+                    || Error::storage("claiming a unique field", "unknown key"),
+                    |u| taken::<R>(&name, u, &owner),
+                ))
+            }
+            Err(e) => Err(Error::storage("creating the resource", e)),
+        }
+    }
+
+    /// Updates the masked fields of a resource.
+    pub async fn update<R: Resource>(&self, caller: &Caller, req: UpdateRequest<R>) -> Result<R, Error> {
+        let kind = R::KIND;
+        let prefix = kind.singular;
+        let name = names::parse_name(&format!("{prefix}.name"), kind, req.resource.meta().name)?;
+        caller.authorize(&name.tenant, Access::Write)?;
+        invalid(check_request_id(&req.request_id.id).err().into_iter().collect())?;
+        let paths = mask::parse(&req.update_mask, &req.resource)?;
+        let etag = req.resource.meta().etag.to_string();
+        let target = Target {
+            caller,
+            name: &name,
+            etag: &etag,
+            request_id: &req.request_id,
+            validate_only: req.validate_only,
+        };
+        let updated = self
+            .modify::<R>(target, |current| {
+                let mut next = current.clone();
+                mask::apply(&paths, &req.resource, &mut next);
+                let mut violations = Vec::new();
+                validate_resource(&next, prefix, &mut violations);
+                invalid(violations)?;
+                check_field_locks(&name, current, &next)?;
+                Ok(Some(next))
+            })
+            .await?;
+        updated.ok_or_else(|| Error::Internal("updating the resource".into()))
+    }
+
+    /// Deletes a resource whose state allows it.
+    pub async fn delete<R: Resource>(&self, caller: &Caller, req: DeleteRequest) -> Result<(), Error> {
+        let kind = R::KIND;
+        let name = names::parse_name("name", kind, &req.name)?;
+        caller.authorize(&name.tenant, Access::Write)?;
+        invalid(check_request_id(&req.request_id.id).err().into_iter().collect())?;
+        let target = Target {
+            caller,
+            name: &name,
+            etag: &req.etag,
+            request_id: &req.request_id,
+            validate_only: req.validate_only,
+        };
+        self.modify::<R>(target, |current| {
+            let state = current.meta().state;
+            if kind.deletable_in.contains(&state) {
+                Ok(None)
+            } else {
+                Err(Error::InvalidTransition {
+                    kind,
+                    name: name.full(kind),
+                    operation: "delete".into(),
+                    current_state: kind.state_name(state).into(),
+                    allowed_from: kind.state_names(kind.deletable_in),
+                    field: None,
+                    hint: kind.delete_hint.into(),
+                })
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Runs a custom method that moves the resource to another state.
+    pub async fn transition<R: Resource>(&self, caller: &Caller, req: TransitionRequest) -> Result<R, Error> {
+        let kind = R::KIND;
+        let name = names::parse_name("name", kind, &req.name)?;
+        caller.authorize(&name.tenant, Access::Write)?;
+        invalid(check_request_id(&req.request_id.id).err().into_iter().collect())?;
+        let transition = kind.transition(req.verb).ok_or_else(|| {
+            Error::Malformed(format!("{} has no custom method :{}", kind.type_name, req.verb))
+        })?;
+        let target = Target {
+            caller,
+            name: &name,
+            etag: &req.etag,
+            request_id: &req.request_id,
+            validate_only: false,
+        };
+        let moved = self
+            .modify::<R>(target, |current| {
+                let state = current.meta().state;
+                if state == transition.to {
+                    return Err(Error::AlreadyInState {
+                        kind,
+                        name: name.full(kind),
+                        state: kind.state_name(state).into(),
+                    });
+                }
+                if !transition.from.contains(&state) {
+                    return Err(Error::InvalidTransition {
+                        kind,
+                        name: name.full(kind),
+                        operation: transition.verb.into(),
+                        current_state: kind.state_name(state).into(),
+                        allowed_from: kind.state_names(transition.from),
+                        field: None,
+                        hint: transition.hint.into(),
+                    });
+                }
+                let mut next = current.clone();
+                *next.meta_mut().state = transition.to;
+                Ok(Some(next))
+            })
+            .await?;
+        moved.ok_or_else(|| Error::Internal("changing the resource's state".into()))
+    }
+
+    /// The read-check-commit loop shared by update, delete and transitions.
+    /// `decide` sees the current resource and returns its next version, or
+    /// `None` to delete it.
+    async fn modify<R: Resource>(
+        &self,
+        target: Target<'_>,
+        mut decide: impl FnMut(&R) -> Result<Option<R>, Error>,
+    ) -> Result<Option<R>, Error> {
+        let Target {
+            caller,
+            name,
+            etag,
+            request_id,
+            validate_only,
+        } = target;
+        let kind = R::KIND;
+        let (mark, _guard) = match self.begin(&name.tenant, request_id, validate_only).await? {
+            Begin::Replay(record) if record.value.is_empty() => return Ok(None),
+            Begin::Replay(record) => return self.replayed::<R>(name, &record).map(Some),
+            Begin::Fresh(mark, guard) => (mark, guard),
+        };
+        let key = name.key(kind);
+        let mut attempt = 0;
+        loop {
+            let (stored, current) = self.read::<R>(name).await?;
+            if !etag.is_empty() && !etag_matches(etag, current.meta().etag) {
+                return Err(mismatch(name, etag, &current));
+            }
+            let (ms, ts) = now();
+            let mut next = decide(&current)?;
+            let before = unique_values(&name.tenant, &current);
+            let after = next
+                .as_ref()
+                .map(|n| unique_values(&name.tenant, n))
+                .unwrap_or_default();
+            if let Some(next) = next.as_mut() {
+                let meta = next.meta_mut();
+                *meta.update_time = Some(ts);
+                caller.principal.clone_into(meta.updated_by);
+            }
+            if validate_only {
+                for u in &after {
+                    if let Some(owner) = self.owner(&u.key).await?.filter(|o| *o != key) {
+                        return Err(taken::<R>(name, u, &owner));
+                    }
+                }
+                return Ok(next);
+            }
+            let mutation = Mutation {
+                key: key.clone(),
+                expect: Expect::Revision(stored.revision),
+                value: next.as_ref().map(encode),
+                claims: after.iter().map(|u| u.key.clone()).collect(),
+                releases: before
+                    .iter()
+                    .filter(|b| !after.iter().any(|a| a.key == b.key))
+                    .map(|b| b.key.clone())
+                    .collect(),
+                change: self.change(caller, request_id, ms),
+                idempotency: mark.clone(),
+            };
+            match self.store.commit(mutation).await {
+                Ok(done) => {
+                    if let Some(next) = next.as_mut() {
+                        let meta = next.meta_mut();
+                        *meta.revision = done.revision;
+                        *meta.etag = etag_of(done.revision);
+                    }
+                    return Ok(next);
+                }
+                Err(CommitError::Conflict { current: Some(moved) }) => {
+                    let moved = decode::<R>(&key, &moved)?;
+                    if !etag.is_empty() || attempt >= self.config.max_retries {
+                        let expected = if etag.is_empty() {
+                            current.meta().etag
+                        } else {
+                            etag
+                        };
+                        return Err(mismatch(name, expected, &moved));
+                    }
+                    attempt += 1;
+                }
+                Err(CommitError::Conflict { current: None }) => {
+                    return Err(Error::NotFound {
+                        kind,
+                        name: name.full(kind),
+                    });
+                }
+                Err(CommitError::Taken {
+                    key: taken_key,
+                    owner,
+                }) => {
+                    let u = after.iter().find(|u| u.key == taken_key);
+                    return Err(u.map_or_else(
+                        || Error::storage("claiming a unique field", "unknown key"),
+                        |u| taken::<R>(name, u, &owner),
+                    ));
+                }
+                Err(e) => return Err(Error::storage("writing the resource", e)),
+            }
+        }
+    }
+
+    async fn get_stored(&self, key: &[u8]) -> Result<Option<Versioned>, Error> {
+        self.store
+            .get(key)
+            .await
+            .map_err(|e| Error::storage("reading the resource", e))
+    }
+
+    async fn owner(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.store
+            .unique_owner(key)
+            .await
+            .map_err(|e| Error::storage("reading a unique index", e))
+    }
+
+    async fn read<R: Resource>(&self, name: &Name) -> Result<(Versioned, R), Error> {
+        let key = name.key(R::KIND);
+        let stored = self.get_stored(&key).await?.ok_or_else(|| Error::NotFound {
+            kind: R::KIND,
+            name: name.full(R::KIND),
+        })?;
+        let r = decode::<R>(&key, &stored)?;
+        Ok((stored, r))
+    }
+
+    fn exists<R: Resource>(&self, name: &Name, key: &[u8], existing: &Versioned) -> Error {
+        match decode::<R>(key, existing) {
+            Ok(existing) => Error::Exists {
+                kind: R::KIND,
+                name: name.full(R::KIND),
+                current: current_of(&existing),
+            },
+            Err(e) => e,
+        }
+    }
+
+    fn change(&self, caller: &Caller, request_id: &RequestId, ms: i64) -> ChangeMeta {
+        ChangeMeta {
+            principal: caller.principal.clone(),
+            request_id: request_id.id.clone(),
+            time_unix_ms: ms,
+        }
+    }
+
+    fn replayed<R: Resource>(&self, name: &Name, record: &IdempotencyRecord) -> Result<R, Error> {
+        let stored = Versioned {
+            revision: record.revision,
+            value: record.value.clone(),
+        };
+        decode::<R>(&name.key(R::KIND), &stored)
+    }
+
+    /// Looks up a request id: a finished request is replayed, a running one
+    /// is refused, a new one is marked in flight.
+    async fn begin(
+        &self,
+        tenant: &str,
+        request_id: &RequestId,
+        validate_only: bool,
+    ) -> Result<Begin<'_>, Error> {
+        if request_id.id.is_empty() || validate_only {
+            return Ok(Begin::Fresh(None, None));
+        }
+        let key = format!("{tenant}/{}", request_id.id).into_bytes();
+        if let Some(record) = self.recorded(&key, request_id).await? {
+            return Ok(Begin::Replay(record));
+        }
+        let inserted = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(key.clone());
+        if !inserted {
+            return Err(Error::RequestInProgress {
+                request_id: request_id.id.clone(),
+            });
+        }
+        let guard = InflightGuard {
+            set: &self.inflight,
+            key: key.clone(),
+        };
+        // The first request may have finished between the lookup and the mark.
+        if let Some(record) = self.recorded(&key, request_id).await? {
+            return Ok(Begin::Replay(record));
+        }
+        let (ms, _) = now();
+        let ttl = i64::try_from(self.config.idempotency_ttl.as_millis()).unwrap_or(i64::MAX);
+        let mark = IdempotencyMark {
+            key,
+            fingerprint: request_id.fingerprint.clone(),
+            expires_at_ms: ms.saturating_add(ttl),
+        };
+        Ok(Begin::Fresh(Some(mark), Some(guard)))
+    }
+
+    async fn recorded(&self, key: &[u8], request_id: &RequestId) -> Result<Option<IdempotencyRecord>, Error> {
+        let (ms, _) = now();
+        let record = self
+            .store
+            .idempotency(key, ms)
+            .await
+            .map_err(|e| Error::storage("reading a request record", e))?;
+        match record {
+            Some(r) if r.fingerprint != request_id.fingerprint => Err(Error::RequestIdReused {
+                request_id: request_id.id.clone(),
+            }),
+            other => Ok(other),
+        }
+    }
+
+    /// Checks that the unique indexes and the objects agree: every unique
+    /// value of every object is indexed to it, and every index entry points
+    /// at an object holding that value. Returns the disagreements.
+    pub async fn check_consistency(&self) -> Result<Vec<String>, Error> {
+        let mut expected = BTreeMap::new();
+        let mut problems = Vec::new();
+        self.expected_unique::<VirtualMachine>(&mut expected, &mut problems)
+            .await?;
+        self.expected_unique::<User>(&mut expected, &mut problems).await?;
+        self.expected_unique::<Prompt>(&mut expected, &mut problems)
+            .await?;
+        let mut indexed = BTreeMap::new();
+        self.store
+            .scan_unique(b"", &mut |key, owner| {
+                indexed.insert(key.to_vec(), owner.to_vec());
+                Scan::Continue
+            })
+            .await
+            .map_err(|e| Error::storage("scanning unique indexes", e))?;
+        for (key, owner) in &expected {
+            if indexed.get(key) != Some(owner) {
+                problems.push(format!(
+                    "{} holds {} but the index says {:?}",
+                    names::name_of_key(owner),
+                    String::from_utf8_lossy(key),
+                    indexed.get(key).map(|o| names::name_of_key(o))
+                ));
+            }
+        }
+        for (key, owner) in &indexed {
+            if !expected.contains_key(key) {
+                problems.push(format!(
+                    "index entry {} points at {}, which does not hold it",
+                    String::from_utf8_lossy(key),
+                    names::name_of_key(owner)
+                ));
+            }
+        }
+        Ok(problems)
+    }
+
+    async fn expected_unique<R: Resource>(
+        &self,
+        expected: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+        problems: &mut Vec<String>,
+    ) -> Result<(), Error> {
+        let collection = format!("/{}/", R::KIND.collection);
+        self.store
+            .scan(b"", None, &mut |key, stored| {
+                let text = String::from_utf8_lossy(key);
+                let Some((tenant, _)) = text.split_once(&collection) else {
+                    return Scan::Continue;
+                };
+                match decode::<R>(key, &stored) {
+                    Ok(r) => {
+                        for u in unique_values(tenant, &r) {
+                            if let Some(other) = expected.insert(u.key, key.to_vec()) {
+                                problems.push(format!(
+                                    "{} and {} hold the same {}",
+                                    names::name_of_key(&other),
+                                    text,
+                                    u.field
+                                ));
+                            }
+                        }
+                    }
+                    Err(e) => problems.push(format!("{text}: {e}")),
+                }
+                Scan::Continue
+            })
+            .await
+            .map_err(|e| Error::storage("scanning objects", e))
+    }
+}
+
+/// What a modification applies to.
+struct Target<'a> {
+    caller: &'a Caller,
+    name: &'a Name,
+    etag: &'a str,
+    request_id: &'a RequestId,
+    validate_only: bool,
+}
+
+fn mismatch<R: Resource>(name: &Name, expected: &str, current: &R) -> Error {
+    Error::EtagMismatch {
+        kind: R::KIND,
+        name: name.full(R::KIND),
+        expected: expected.to_string(),
+        current: current_of(current),
+    }
+}
+
+fn taken<R: Resource>(name: &Name, u: &UniqueValue, owner: &[u8]) -> Error {
+    Error::UniqueTaken {
+        kind: R::KIND,
+        name: name.full(R::KIND),
+        field: u.field,
+        value: u.value.clone(),
+        existing: names::name_of_key(owner),
+    }
+}
+
+/// Refuses changes to fields that are locked in the current state.
+fn check_field_locks<R: Resource>(name: &Name, current: &R, next: &R) -> Result<(), Error> {
+    let kind: &Kind = R::KIND;
+    let state = current.meta().state;
+    for f in kind.fields {
+        let Some(allowed) = f.mutable_in else { continue };
+        if current.field(f.name) != next.field(f.name) && !allowed.contains(&state) {
+            return Err(Error::InvalidTransition {
+                kind,
+                name: name.full(kind),
+                operation: format!("change the {} of", f.name),
+                current_state: kind.state_name(state).into(),
+                allowed_from: kind.state_names(allowed),
+                field: Some(f.name),
+                hint: f.lock_hint.into(),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! The domain error of every operation. The server turns it into a
+//! `google.rpc.Status` (and the HTTP layer into problem details) in exactly
+//! one place; every variant carries what a client needs to resolve it.
+
+use crate::kind::Kind;
+
+/// One bad request field: where it is and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Path of the field in the request, e.g. `vm.machine_type`.
+    pub field: String,
+    /// What is wrong and what is expected.
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field`.
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// The state a resource is in now, reported with conflicts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Current {
+    /// Its etag.
+    pub etag: String,
+    /// Its state name.
+    pub state: String,
+    /// Who changed it last.
+    pub updated_by: String,
+    /// When it changed last, RFC 3339.
+    pub update_time: String,
+}
+
+/// Why an operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Request fields are invalid (INVALID_ARGUMENT `INVALID_FIELD`).
+    #[error("the request has invalid fields: {}", describe(violations))]
+    InvalidField {
+        /// The bad fields.
+        violations: Vec<FieldViolation>,
+    },
+    /// No resource has this name (NOT_FOUND `RESOURCE_NOT_FOUND`).
+    #[error("{} {name} does not exist; check the name, or list the {} to find it", kind.noun, kind.collection)]
+    NotFound {
+        /// The kind looked for.
+        kind: &'static Kind,
+        /// The full name.
+        name: String,
+    },
+    /// The name is taken (ALREADY_EXISTS `RESOURCE_EXISTS`).
+    #[error("{} {name} already exists; choose another {}_id, or get the existing one", kind.noun, kind.singular)]
+    Exists {
+        /// The kind.
+        kind: &'static Kind,
+        /// The taken name.
+        name: String,
+        /// The existing resource's state.
+        current: Current,
+    },
+    /// A unique field's value is held by another resource (ALREADY_EXISTS
+    /// `UNIQUE_FIELD_TAKEN`).
+    #[error(
+        "{field} {value:?} is already used by {existing}; choose another {field}, or update {existing} instead"
+    )]
+    UniqueTaken {
+        /// The kind.
+        kind: &'static Kind,
+        /// The resource being written.
+        name: String,
+        /// The unique field.
+        field: &'static str,
+        /// The value asked for.
+        value: String,
+        /// The resource that holds it.
+        existing: String,
+    },
+    /// The client's etag is stale (ABORTED `ETAG_MISMATCH`).
+    #[error("{} {name} was changed by {} at {} (etag {} is now {}); get it again, reapply your change and retry with the new etag", kind.noun, current.updated_by, current.update_time, expected, current.etag)]
+    EtagMismatch {
+        /// The kind.
+        kind: &'static Kind,
+        /// The resource.
+        name: String,
+        /// The etag the client sent.
+        expected: String,
+        /// The resource as it is now.
+        current: Current,
+    },
+    /// The same request id is being processed (ABORTED `REQUEST_IN_PROGRESS`).
+    #[error(
+        "a request with request_id {request_id} is still in progress; retry after it completes to get its outcome"
+    )]
+    RequestInProgress {
+        /// The request id.
+        request_id: String,
+    },
+    /// The request id was used for a different request (INVALID_ARGUMENT
+    /// `REQUEST_ID_REUSED`).
+    #[error(
+        "request_id {request_id} was already used for a different request; send a new UUID for a new request"
+    )]
+    RequestIdReused {
+        /// The request id.
+        request_id: String,
+    },
+    /// The lifecycle does not allow the operation in the current state
+    /// (FAILED_PRECONDITION `INVALID_TRANSITION`).
+    #[error("cannot {operation} {} {name} while it is {current_state}; {hint}", kind.noun)]
+    InvalidTransition {
+        /// The kind.
+        kind: &'static Kind,
+        /// The resource.
+        name: String,
+        /// What was attempted, e.g. `delete`, `start`, `change machine_type`.
+        operation: String,
+        /// The state it is in.
+        current_state: String,
+        /// The states in which the operation is allowed.
+        allowed_from: Vec<&'static str>,
+        /// The field the operation would change, for field locks.
+        field: Option<&'static str>,
+        /// How to get there.
+        hint: String,
+    },
+    /// The resource is already in the requested state (FAILED_PRECONDITION
+    /// `ALREADY_IN_STATE`).
+    #[error("{} {name} is already {state}; nothing to do", kind.noun)]
+    AlreadyInState {
+        /// The kind.
+        kind: &'static Kind,
+        /// The resource.
+        name: String,
+        /// The state.
+        state: String,
+    },
+    /// The caller's token does not grant the tenant (PERMISSION_DENIED
+    /// `TENANT_FORBIDDEN`).
+    #[error("principal {principal} may not access tenant {tenant}; use a token issued for that tenant")]
+    TenantForbidden {
+        /// The caller.
+        principal: String,
+        /// The tenant asked for.
+        tenant: String,
+    },
+    /// The caller's role is too weak (PERMISSION_DENIED `ROLE_FORBIDDEN`).
+    #[error("principal {principal} has role {role}, but this needs role {required} or higher")]
+    RoleForbidden {
+        /// The caller.
+        principal: String,
+        /// The caller's role.
+        role: &'static str,
+        /// The weakest role allowed.
+        required: &'static str,
+    },
+    /// No valid credentials (UNAUTHENTICATED).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The request could not be parsed at all (INVALID_ARGUMENT
+    /// `MALFORMED_REQUEST`).
+    #[error("{0}")]
+    Malformed(String),
+    /// The server failed. The text says what failed, never internals.
+    #[error("internal error while {0}; retry later, and report it if it persists")]
+    Internal(String),
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    let parts: Vec<String> = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect();
+    parts.join("; ")
+}
+
+impl Error {
+    /// One bad field.
+    pub fn field(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidField {
+            violations: vec![FieldViolation::new(field, description)],
+        }
+    }
+
+    /// A storage failure while doing `what`; the cause goes to the log only.
+    pub(crate) fn storage(what: &str, cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "storage failure while {what}");
+        Self::Internal(what.to_string())
+    }
+}

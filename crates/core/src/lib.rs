@@ -1,0 +1,32 @@
+//! Arbiter's domain core: resource kinds, validation, lifecycles and the one
+//! generic apply pipeline that serves every kind.
+//!
+//! # Layout
+//! - [`kind`]: the [`Resource`] trait and the [`Kind`] table that describe a
+//!   kind as data (fields, lifecycle, unique fields); [`kinds`] holds the
+//!   three kinds of `arbiter.v1`.
+//! - [`engine`]: [`Engine`], the pipeline behind every create, get, list,
+//!   update, delete and state transition, over any [`arbiter_store::Store`].
+//! - [`error`]: [`Error`], the domain error that the server maps to
+//!   `google.rpc.Status` in one place.
+//! - [`auth`]: callers, roles and tenant access.
+//! - [`names`], [`validate`], [`mask`], [`filter`], [`page`]: request parsing.
+
+pub mod auth;
+pub mod engine;
+pub mod error;
+pub mod filter;
+pub mod kind;
+pub mod kinds;
+pub mod mask;
+pub mod names;
+pub mod page;
+pub mod validate;
+
+pub use auth::{Access, Caller, Role};
+pub use engine::{
+    CreateRequest, DeleteRequest, Engine, EngineConfig, ListPage, ListRequest, RequestId, TransitionRequest,
+    UpdateRequest,
+};
+pub use error::{Current, Error, FieldViolation};
+pub use kind::{Kind, Resource};

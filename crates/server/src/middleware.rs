@@ -1,0 +1,125 @@
+//! The tower layer in front of every gRPC service: one `tracing` span per
+//! request (method, tenant, principal, code, latency) and bearer-token
+//! authentication. The resolved [`Caller`](arbiter_core::Caller) travels to
+//! the handlers as a request extension. Health checks and reflection are
+//! open, so probes and `grpcurl list` need no token.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tonic::body::Body;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::auth::Tokens;
+use crate::status::to_status;
+
+const OPEN_PREFIXES: [&str; 2] = ["/grpc.health.v1.", "/grpc.reflection."];
+
+/// Adds the request span and authentication.
+#[derive(Debug, Clone)]
+pub struct RequestLayer {
+    tokens: Arc<Tokens>,
+}
+
+impl RequestLayer {
+    /// A layer that authenticates against `tokens`.
+    pub fn new(tokens: Arc<Tokens>) -> Self {
+        Self { tokens }
+    }
+}
+
+impl<S> Layer<S> for RequestLayer {
+    type Service = RequestService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestService {
+            inner,
+            tokens: Arc::clone(&self.tokens),
+        }
+    }
+}
+
+/// The service [`RequestLayer`] wraps around the gRPC routes.
+#[derive(Debug, Clone)]
+pub struct RequestService<S> {
+    inner: S,
+    tokens: Arc<Tokens>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+fn grpc_code(response: &http::Response<Body>) -> tonic::Code {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from)
+}
+
+impl<S, B> Service<http::Request<B>> for RequestService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let method = request.uri().path().to_string();
+        let span = tracing::info_span!(
+            "rpc",
+            method = %method,
+            tenant = tracing::field::Empty,
+            principal = tracing::field::Empty,
+            code = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+        );
+        if !OPEN_PREFIXES.iter().any(|p| method.starts_with(p)) {
+            let header = request
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            match self.tokens.authenticate(header) {
+                Ok(caller) => {
+                    span.record("principal", caller.principal.as_str());
+                    request.extensions_mut().insert(caller);
+                }
+                Err(e) => {
+                    let status = to_status(&e);
+                    span.record("code", tracing::field::debug(status.code()));
+                    span.in_scope(|| tracing::info!(latency_ms = 0, "rpc refused: {}", status.message()));
+                    return Box::pin(std::future::ready(Ok(status.into_http())));
+                }
+            }
+        }
+        // Take the service that was polled ready; leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let future = span.in_scope(|| inner.call(request));
+        Box::pin(
+            async move {
+                let response = future.await?;
+                let span = tracing::Span::current();
+                let code = grpc_code(&response);
+                span.record("code", tracing::field::debug(code));
+                span.record("latency_ms", started.elapsed().as_secs_f64() * 1000.0);
+                tracing::info!("rpc finished");
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}

@@ -1,0 +1,181 @@
+//! Wiring: open the store, build the services, bind, serve until told to
+//! stop, then drain and close the store.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arbiter_api::v1::{
+    prompts_server::PromptsServer, users_server::UsersServer, virtual_machines_server::VirtualMachinesServer,
+};
+use arbiter_core::{Engine, EngineConfig};
+use arbiter_store::{RocksOptions, RocksStore};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::server::HealthReporter;
+
+use crate::auth::{self, Tokens};
+use crate::config::Config;
+use crate::middleware::RequestLayer;
+use crate::services::Api;
+
+/// How often expired idempotency records are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(15 * 60);
+
+/// A running server.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// The bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// The first-start admin token, when no tokens file is configured.
+    pub admin_token: Option<String>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting requests, finishes the ones in flight, closes the
+    /// store.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        // The server may already have stopped on its own; then its result tells.
+        let _ = self.stop.send(());
+        self.task.await.context("the server task panicked")?
+    }
+
+    /// Waits until the server stops on its own (it does not, unless it fails).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.task).await.context("the server task panicked")?
+    }
+}
+
+fn load_tokens(config: &Config) -> anyhow::Result<(Tokens, Option<String>)> {
+    if let Some(path) = &config.tokens {
+        return Ok((Tokens::load(path)?, None));
+    }
+    let (token, path) = auth::bootstrap_admin(&config.data_dir)?;
+    tracing::warn!(
+        path = %path.display(),
+        "no --tokens file: using the admin token stored at {}; pass --tokens FILE in production",
+        path.display()
+    );
+    Ok((Tokens::admin(&token), Some(token)))
+}
+
+/// Opens the store, binds both addresses and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let (tokens, admin_token) = load_tokens(&config)?;
+    let options = RocksOptions {
+        fsync: config.fsync,
+        ..RocksOptions::default()
+    };
+    if !config.fsync {
+        tracing::warn!(
+            "fsync is off: acknowledged writes can be lost on a crash; use this for benchmarks only"
+        );
+    }
+    let store = RocksStore::open(&config.data_dir.join("db"), options)
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let engine = Arc::new(Engine::new(Arc::new(store), EngineConfig::default()));
+    let grpc = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (grpc_addr)", config.grpc_addr))?;
+    let http = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (http_addr)", config.http_addr))?;
+    let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(serve(engine, tokens, grpc, http, stopped));
+    tracing::info!(%grpc_addr, %http_addr, data_dir = %config.data_dir.display(), "serving");
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        admin_token,
+        stop,
+        task,
+    })
+}
+
+async fn set_serving(reporter: &HealthReporter) {
+    reporter
+        .set_serving::<VirtualMachinesServer<Api<RocksStore>>>()
+        .await;
+    reporter.set_serving::<UsersServer<Api<RocksStore>>>().await;
+    reporter.set_serving::<PromptsServer<Api<RocksStore>>>().await;
+}
+
+async fn serve(
+    engine: Arc<Engine<RocksStore>>,
+    tokens: Tokens,
+    grpc: TcpListener,
+    http: TcpListener,
+    stopped: impl Future<Output = Result<(), oneshot::error::RecvError>> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_serving(&reporter).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(arbiter_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(arbiter_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let api = Api::new(Arc::clone(&engine));
+    let (http_stop, http_stopped) = oneshot::channel::<()>();
+    let http_task = tokio::spawn(crate::ops::serve(http, async {
+        let _ = http_stopped.await;
+    }));
+    let purge = tokio::spawn(purge_loop(Arc::clone(&engine)));
+    let result = tonic::transport::Server::builder()
+        .layer(RequestLayer::new(Arc::new(tokens)))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(VirtualMachinesServer::new(api.clone()))
+        .add_service(UsersServer::new(api.clone()))
+        .add_service(PromptsServer::new(api))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async {
+            let _ = stopped.await;
+            reporter
+                .set_not_serving::<VirtualMachinesServer<Api<RocksStore>>>()
+                .await;
+            tracing::info!("shutting down: finishing requests in flight");
+        })
+        .await;
+    purge.abort();
+    let _ = http_stop.send(());
+    let _ = http_task.await;
+    drop(engine);
+    tracing::info!("stopped");
+    result.context("the gRPC server failed")
+}
+
+async fn purge_loop(engine: Arc<Engine<RocksStore>>) {
+    let mut tick = tokio::time::interval(PURGE_EVERY);
+    loop {
+        tick.tick().await;
+        let engine = Arc::clone(&engine);
+        let purged = tokio::task::spawn_blocking(move || {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or_default();
+            engine.store().purge_expired_requests(now)
+        })
+        .await;
+        match purged {
+            Ok(Ok(n)) if n > 0 => tracing::info!(purged = n, "purged expired request records"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "purging request records failed"),
+            Err(e) => tracing::warn!(error = %e, "the purge task failed"),
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The gRPC services of `arbiter.v1`. Every handler does the same four
+//! steps — take the caller, convert the request, call the generic
+//! [`Engine`], map the error — so one macro writes them for all kinds.
+
+use std::sync::Arc;
+
+use arbiter_api::v1::{
+    prompts_server::Prompts, users_server::Users, virtual_machines_server::VirtualMachines, *,
+};
+use arbiter_core::{
+    Caller, CreateRequest, DeleteRequest, Engine, Error, ListRequest, RequestId, TransitionRequest,
+    UpdateRequest,
+};
+use arbiter_store::Store;
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::status::to_status;
+
+/// The API handlers over an engine.
+#[derive(Debug)]
+pub struct Api<S> {
+    engine: Arc<Engine<S>>,
+}
+
+impl<S> Api<S> {
+    /// Handlers over `engine`.
+    pub fn new(engine: Arc<Engine<S>>) -> Self {
+        Self { engine }
+    }
+}
+
+impl<S> Clone for Api<S> {
+    fn clone(&self) -> Self {
+        Self {
+            engine: Arc::clone(&self.engine),
+        }
+    }
+}
+
+/// Splits a request into the authenticated caller and the message, and
+/// notes the tenant on the request span.
+fn parts<T>(request: Request<T>, resource: &str) -> Result<(Caller, T), Status> {
+    let caller = request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| to_status(&Error::Unauthenticated("missing credentials".into())))?;
+    if let Some(tenant) = resource
+        .strip_prefix("tenants/")
+        .and_then(|r| r.split('/').next())
+    {
+        tracing::Span::current().record("tenant", tenant);
+    }
+    Ok((caller, request.into_inner()))
+}
+
+fn reply<T>(result: Result<T, Error>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(|e| to_status(&e))
+}
+
+fn mask_paths(mask: Option<prost_types::FieldMask>) -> Vec<String> {
+    mask.map(|m| m.paths).unwrap_or_default()
+}
+
+macro_rules! resource_service {
+    (
+        $service:ident for $ty:ty, field $field:ident, id $id:ident, items $items:ident;
+        create $create:ident($create_req:ty);
+        get $get:ident($get_req:ty);
+        list $list:ident($list_req:ty) -> $list_resp:ident;
+        update $update:ident($update_req:ty);
+        delete $delete:ident($delete_req:ty);
+        $(transition $verb_fn:ident($verb_req:ty) = $verb:literal;)*
+    ) => {
+        #[tonic::async_trait]
+        impl<S: Store> $service for Api<S> {
+            async fn $create(&self, request: Request<$create_req>) -> Result<Response<$ty>, Status> {
+                let parent = request.get_ref().parent.clone();
+                let (caller, req) = parts(request, &parent)?;
+                let request_id = RequestId::new(req.request_id.clone(), stringify!($create), &req.encode_to_vec());
+                let create = CreateRequest {
+                    parent: req.parent,
+                    id: req.$id,
+                    resource: req.$field.unwrap_or_default(),
+                    request_id,
+                    validate_only: req.validate_only,
+                };
+                reply(self.engine.create(&caller, create).await)
+            }
+
+            async fn $get(&self, request: Request<$get_req>) -> Result<Response<$ty>, Status> {
+                let name = request.get_ref().name.clone();
+                let (caller, _) = parts(request, &name)?;
+                reply(self.engine.get(&caller, &name).await)
+            }
+
+            async fn $list(&self, request: Request<$list_req>) -> Result<Response<$list_resp>, Status> {
+                let parent = request.get_ref().parent.clone();
+                let (caller, req) = parts(request, &parent)?;
+                let list = ListRequest {
+                    parent: req.parent,
+                    page_size: req.page_size,
+                    page_token: req.page_token,
+                    filter: req.filter,
+                };
+                let page = self.engine.list::<$ty>(&caller, list).await;
+                reply(page.map(|p| $list_resp { $items: p.items, next_page_token: p.next_page_token }))
+            }
+
+            async fn $update(&self, request: Request<$update_req>) -> Result<Response<$ty>, Status> {
+                let name = request.get_ref().$field.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+                let (caller, req) = parts(request, &name)?;
+                let request_id = RequestId::new(req.request_id.clone(), stringify!($update), &req.encode_to_vec());
+                let update = UpdateRequest {
+                    resource: req.$field.unwrap_or_default(),
+                    update_mask: mask_paths(req.update_mask),
+                    request_id,
+                    validate_only: req.validate_only,
+                };
+                reply(self.engine.update(&caller, update).await)
+            }
+
+            async fn $delete(&self, request: Request<$delete_req>) -> Result<Response<()>, Status> {
+                let name = request.get_ref().name.clone();
+                let (caller, req) = parts(request, &name)?;
+                let request_id = RequestId::new(req.request_id.clone(), stringify!($delete), &req.encode_to_vec());
+                let delete = DeleteRequest {
+                    name: req.name,
+                    etag: req.etag,
+                    request_id,
+                    validate_only: req.validate_only,
+                };
+                reply(self.engine.delete::<$ty>(&caller, delete).await)
+            }
+
+            $(
+            async fn $verb_fn(&self, request: Request<$verb_req>) -> Result<Response<$ty>, Status> {
+                let name = request.get_ref().name.clone();
+                let (caller, req) = parts(request, &name)?;
+                let request_id = RequestId::new(req.request_id.clone(), stringify!($verb_fn), &req.encode_to_vec());
+                let transition = TransitionRequest { name: req.name, etag: req.etag, request_id, verb: $verb };
+                reply(self.engine.transition(&caller, transition).await)
+            }
+            )*
+        }
+    };
+}
+
+resource_service! {
+    VirtualMachines for VirtualMachine, field vm, id vm_id, items vms;
+    create create_virtual_machine(CreateVirtualMachineRequest);
+    get get_virtual_machine(GetVirtualMachineRequest);
+    list list_virtual_machines(ListVirtualMachinesRequest) -> ListVirtualMachinesResponse;
+    update update_virtual_machine(UpdateVirtualMachineRequest);
+    delete delete_virtual_machine(DeleteVirtualMachineRequest);
+    transition start_virtual_machine(StartVirtualMachineRequest) = "start";
+    transition stop_virtual_machine(StopVirtualMachineRequest) = "stop";
+}
+
+resource_service! {
+    Users for User, field user, id user_id, items users;
+    create create_user(CreateUserRequest);
+    get get_user(GetUserRequest);
+    list list_users(ListUsersRequest) -> ListUsersResponse;
+    update update_user(UpdateUserRequest);
+    delete delete_user(DeleteUserRequest);
+    transition activate_user(ActivateUserRequest) = "activate";
+    transition suspend_user(SuspendUserRequest) = "suspend";
+}
+
+resource_service! {
+    Prompts for Prompt, field prompt, id prompt_id, items prompts;
+    create create_prompt(CreatePromptRequest);
+    get get_prompt(GetPromptRequest);
+    list list_prompts(ListPromptsRequest) -> ListPromptsResponse;
+    update update_prompt(UpdatePromptRequest);
+    delete delete_prompt(DeletePromptRequest);
+    transition publish_prompt(PublishPromptRequest) = "publish";
+    transition archive_prompt(ArchivePromptRequest) = "archive";
+}

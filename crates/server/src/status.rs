@@ -1,0 +1,209 @@
+//! The one conversion from the domain [`Error`] to a gRPC status with
+//! `google.rpc` details (ARCHITECTURE.md section 3). Exhaustive on purpose:
+//! a new error variant does not compile until it has a mapping.
+
+use std::collections::HashMap;
+
+use arbiter_core::{Current, Error};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo.domain` of every Arbiter error.
+pub const DOMAIN: &str = "arbiter";
+
+fn meta<const N: usize>(pairs: [(&str, String); N]) -> HashMap<String, String> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+fn current_meta(current: &Current) -> [(&'static str, String); 4] {
+    [
+        ("current_etag", current.etag.clone()),
+        ("current_state", current.state.clone()),
+        ("updated_by", current.updated_by.clone()),
+        ("update_time", current.update_time.clone()),
+    ]
+}
+
+/// Converts a domain error into the status the client sees.
+pub fn to_status(error: &Error) -> Status {
+    let message = error.to_string();
+    let mut details = ErrorDetails::new();
+    let code = match error {
+        Error::InvalidField { violations } => {
+            for v in violations {
+                details.add_bad_request_violation(v.field.clone(), v.description.clone());
+            }
+            details.set_error_info("INVALID_FIELD", DOMAIN, HashMap::new());
+            Code::InvalidArgument
+        }
+        Error::NotFound { kind, name } => {
+            details.set_error_info("RESOURCE_NOT_FOUND", DOMAIN, meta([("resource", name.clone())]));
+            details.set_resource_info(kind.type_name, name.clone(), owner(name), "not found");
+            Code::NotFound
+        }
+        Error::Exists { kind, name, current } => {
+            let mut m = meta([("resource", name.clone())]);
+            m.extend(meta(current_meta(current)));
+            details.set_error_info("RESOURCE_EXISTS", DOMAIN, m);
+            details.set_resource_info(kind.type_name, name.clone(), owner(name), "already exists");
+            Code::AlreadyExists
+        }
+        Error::UniqueTaken {
+            kind,
+            name,
+            field,
+            value,
+            existing,
+        } => {
+            details.set_error_info(
+                "UNIQUE_FIELD_TAKEN",
+                DOMAIN,
+                meta([
+                    ("resource", name.clone()),
+                    ("field", field.to_string()),
+                    ("value", value.clone()),
+                    ("existing", existing.clone()),
+                ]),
+            );
+            details.set_resource_info(
+                kind.type_name,
+                existing.clone(),
+                owner(existing),
+                format!("holds {field} {value}"),
+            );
+            Code::AlreadyExists
+        }
+        Error::EtagMismatch {
+            kind,
+            name,
+            expected,
+            current,
+        } => {
+            let mut m = meta([("resource", name.clone()), ("expected_etag", expected.clone())]);
+            m.extend(meta(current_meta(current)));
+            details.set_error_info("ETAG_MISMATCH", DOMAIN, m);
+            details.set_resource_info(
+                kind.type_name,
+                name.clone(),
+                owner(name),
+                "changed since the etag was read",
+            );
+            Code::Aborted
+        }
+        Error::RequestInProgress { request_id } => {
+            details.set_error_info(
+                "REQUEST_IN_PROGRESS",
+                DOMAIN,
+                meta([("request_id", request_id.clone())]),
+            );
+            details.set_retry_info(Some(std::time::Duration::from_millis(100)));
+            Code::Aborted
+        }
+        Error::RequestIdReused { request_id } => {
+            details.set_error_info(
+                "REQUEST_ID_REUSED",
+                DOMAIN,
+                meta([("request_id", request_id.clone())]),
+            );
+            details.add_bad_request_violation("request_id", "already used for a different request");
+            Code::InvalidArgument
+        }
+        Error::InvalidTransition {
+            kind,
+            name,
+            operation,
+            current_state,
+            allowed_from,
+            field,
+            hint,
+        } => {
+            let mut m = meta([
+                ("resource", name.clone()),
+                ("operation", operation.clone()),
+                ("current_state", current_state.clone()),
+                ("allowed_from", allowed_from.join(",")),
+            ]);
+            if let Some(field) = field {
+                m.insert("field".into(), field.to_string());
+            }
+            details.set_error_info("INVALID_TRANSITION", DOMAIN, m);
+            details.add_precondition_failure_violation(
+                "STATE",
+                name.clone(),
+                format!("{} is {current_state}; {hint}", kind.noun),
+            );
+            Code::FailedPrecondition
+        }
+        Error::AlreadyInState { name, state, .. } => {
+            details.set_error_info(
+                "ALREADY_IN_STATE",
+                DOMAIN,
+                meta([("resource", name.clone()), ("current_state", state.clone())]),
+            );
+            Code::FailedPrecondition
+        }
+        Error::TenantForbidden { principal, tenant } => {
+            details.set_error_info(
+                "TENANT_FORBIDDEN",
+                DOMAIN,
+                meta([("principal", principal.clone()), ("tenant", tenant.clone())]),
+            );
+            Code::PermissionDenied
+        }
+        Error::RoleForbidden {
+            principal,
+            role,
+            required,
+        } => {
+            details.set_error_info(
+                "ROLE_FORBIDDEN",
+                DOMAIN,
+                meta([
+                    ("principal", principal.clone()),
+                    ("role", role.to_string()),
+                    ("required_role", required.to_string()),
+                ]),
+            );
+            Code::PermissionDenied
+        }
+        Error::Unauthenticated(_) => {
+            details.set_error_info("UNAUTHENTICATED", DOMAIN, HashMap::new());
+            Code::Unauthenticated
+        }
+        Error::Malformed(_) => {
+            details.set_error_info("MALFORMED_REQUEST", DOMAIN, HashMap::new());
+            Code::InvalidArgument
+        }
+        Error::Internal(_) => {
+            details.set_error_info("INTERNAL", DOMAIN, HashMap::new());
+            Code::Internal
+        }
+    };
+    Status::with_error_details(code, message, details)
+}
+
+/// The tenant that owns a resource name.
+fn owner(name: &str) -> String {
+    name.splitn(3, '/').take(2).collect::<Vec<_>>().join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_is_the_tenant() {
+        assert_eq!(owner("tenants/acme/vms/web-1"), "tenants/acme");
+    }
+
+    #[test]
+    fn internal_errors_say_what_failed_not_why() {
+        let status = to_status(&Error::Internal("writing the resource".into()));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(status.message().contains("writing the resource"));
+        assert_eq!(
+            status.get_error_details().error_info().map(|i| i.reason.as_str()),
+            Some("INTERNAL")
+        );
+    }
+}
