@@ -1,0 +1,211 @@
+//! Test harness: a real server on loopback port 0 with a tokens file, and
+//! real tonic clients that send bearer tokens.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use arbiter_api::v1::{
+    prompts_client::PromptsClient, users_client::UsersClient, virtual_machines_client::VirtualMachinesClient,
+};
+use arbiter_server::{Config, Running};
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
+
+/// The tokens every test server knows.
+pub const TOKENS: &str = r#"
+[[tokens]]
+token = "acme-editor"
+principal = "alice"
+tenant = "acme"
+role = "editor"
+
+[[tokens]]
+token = "acme-editor-2"
+principal = "bob"
+tenant = "acme"
+role = "editor"
+
+[[tokens]]
+token = "acme-viewer"
+principal = "victor"
+tenant = "acme"
+role = "viewer"
+
+[[tokens]]
+token = "globex-editor"
+principal = "gina"
+tenant = "globex"
+role = "editor"
+
+[[tokens]]
+token = "root"
+principal = "root"
+tenant = "*"
+role = "admin"
+"#;
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(pub Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// A server started in-process for one test.
+pub struct TestServer {
+    pub running: Option<Running>,
+    pub dir: tempfile::TempDir,
+    pub channel: Channel,
+}
+
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let tokens = dir.join("tokens.toml");
+    std::fs::write(&tokens, TOKENS).unwrap();
+    Config {
+        data_dir: dir.join("data"),
+        grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        tokens: Some(tokens),
+        ..Config::default()
+    }
+}
+
+/// Connects to `addr`, retrying until the server accepts (no sleeps
+/// beyond the retry back-off).
+pub async fn connect(addr: SocketAddr) -> Channel {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    for _ in 0..200 {
+        if let Ok(channel) = endpoint.connect().await {
+            return channel;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("server at {addr} never accepted a connection");
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let running = arbiter_server::start(test_config(dir.path())).await.unwrap();
+        let channel = connect(running.grpc_addr).await;
+        Self {
+            running: Some(running),
+            dir,
+            channel,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn bearer(token: &str) -> Bearer {
+        Bearer(Some(format!("Bearer {token}").parse().unwrap()))
+    }
+
+    pub fn vms(&self, token: &str) -> VirtualMachinesClient<Authed> {
+        VirtualMachinesClient::with_interceptor(self.channel.clone(), Self::bearer(token))
+    }
+
+    pub fn users(&self, token: &str) -> UsersClient<Authed> {
+        UsersClient::with_interceptor(self.channel.clone(), Self::bearer(token))
+    }
+
+    pub fn prompts(&self, token: &str) -> PromptsClient<Authed> {
+        PromptsClient::with_interceptor(self.channel.clone(), Self::bearer(token))
+    }
+
+    pub fn anonymous_vms(&self) -> VirtualMachinesClient<Authed> {
+        VirtualMachinesClient::with_interceptor(self.channel.clone(), Bearer(None))
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.unwrap();
+        }
+    }
+}
+
+/// The code, `ErrorInfo` reason and metadata of a failed call.
+pub struct Failure {
+    pub code: Code,
+    pub reason: String,
+    pub domain: String,
+    pub metadata: std::collections::HashMap<String, String>,
+    pub message: String,
+    pub status: Status,
+}
+
+pub fn failure<T: std::fmt::Debug>(result: Result<tonic::Response<T>, Status>) -> Failure {
+    let status = result.expect_err("the call should have failed");
+    let details = status.get_error_details();
+    let info = details.error_info().expect("every error carries ErrorInfo");
+    Failure {
+        code: status.code(),
+        reason: info.reason.clone(),
+        domain: info.domain.clone(),
+        metadata: info.metadata.clone(),
+        message: status.message().to_string(),
+        status: status.clone(),
+    }
+}
+
+/// Asserts the code and reason of a failed call and returns it.
+pub fn expect_failure<T: std::fmt::Debug>(
+    result: Result<tonic::Response<T>, Status>,
+    code: Code,
+    reason: &str,
+) -> Failure {
+    let f = failure(result);
+    assert_eq!(
+        (f.code, f.reason.as_str()),
+        (code, reason),
+        "message: {}",
+        f.message
+    );
+    assert_eq!(f.domain, "arbiter");
+    f
+}
+
+pub fn vm(region: &str) -> arbiter_api::v1::VirtualMachine {
+    arbiter_api::v1::VirtualMachine {
+        display_name: "Web".into(),
+        region: region.into(),
+        machine_type: "e2-small".into(),
+        image: "debian-12".into(),
+        ..Default::default()
+    }
+}
+
+pub fn create_vm(id: &str) -> arbiter_api::v1::CreateVirtualMachineRequest {
+    arbiter_api::v1::CreateVirtualMachineRequest {
+        parent: "tenants/acme".into(),
+        vm_id: id.into(),
+        vm: Some(vm("us-east1")),
+        ..Default::default()
+    }
+}
+
+pub fn create_user(id: &str, email: &str) -> arbiter_api::v1::CreateUserRequest {
+    arbiter_api::v1::CreateUserRequest {
+        parent: "tenants/acme".into(),
+        user_id: id.into(),
+        user: Some(arbiter_api::v1::User {
+            email: email.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
