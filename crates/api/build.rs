@@ -12,6 +12,12 @@ const PROTOS: &[&str] = &[
     "arbiter/v1/prompts.proto",
 ];
 
+const RPC_PROTOS: &[&str] = &[
+    "google/rpc/code.proto",
+    "google/rpc/status.proto",
+    "google/rpc/error_details.proto",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     println!("cargo:rerun-if-changed={}", root.display());
@@ -22,10 +28,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set();
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("arbiter_descriptor.bin"), fds.encode_to_vec())?;
+    // The google.rpc error model is described (for reflection, so that
+    // grpcurl and other dynamic clients can decode error details) but not
+    // generated: tonic-types provides those types.
+    let rpc = protox::Compiler::new([&root])?
+        .include_imports(true)
+        .include_source_info(false)
+        .open_files(RPC_PROTOS)?
+        .file_descriptor_set();
+    std::fs::write(out.join("rpc_descriptor.bin"), rpc.encode_to_vec())?;
     tonic_prost_build::configure()
         // Maps encode in key order, so equal requests encode to equal bytes
         // (request_id fingerprints) and labels come back sorted.
         .btree_map(".")
+        .codec_path("crate::codec::Codec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -22,8 +22,14 @@ pub mod google {
     }
 }
 
+pub mod codec;
+
 pub use arbiter::v1;
 
 /// The encoded `FileDescriptorSet` of the API, imports and comments
 /// included.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/arbiter_descriptor.bin"));
+
+/// The encoded `FileDescriptorSet` of the `google.rpc` error model
+/// (`Status`, `ErrorInfo`, `BadRequest`, ...), for reflection.
+pub const RPC_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rpc_descriptor.bin"));

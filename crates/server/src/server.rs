@@ -111,6 +111,15 @@ async fn set_serving(reporter: &HealthReporter) {
     reporter.set_serving::<PromptsServer<Api<RocksStore>>>().await;
 }
 
+/// Server reflection over the API, health and the error model, so that
+/// grpcurl can call every method and decode error details.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(arbiter_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(arbiter_api::RPC_DESCRIPTOR_SET)
+}
+
 async fn serve(
     engine: Arc<Engine<RocksStore>>,
     tokens: Tokens,
@@ -120,14 +129,8 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
     set_serving(&reporter).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(arbiter_api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(arbiter_api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection = reflection_builder().build_v1()?;
+    let reflection_alpha = reflection_builder().build_v1alpha()?;
     let api = Api::new(Arc::clone(&engine));
     let (http_stop, http_stopped) = oneshot::channel::<()>();
     let http_task = tokio::spawn(crate::ops::serve(http, async {

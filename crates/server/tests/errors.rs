@@ -686,3 +686,37 @@ async fn a_request_id_in_flight_is_aborted_request_in_progress() {
     assert!(seen_in_progress, "no duplicate ever overlapped the first request");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn undecodable_requests_are_malformed_request_and_harmless() {
+    let server = TestServer::start().await;
+    let path = "/arbiter.v1.VirtualMachines/CreateVirtualMachine";
+    // Field 1 (parent) holding bytes that are not UTF-8.
+    let not_utf8 = vec![0x0a, 0x02, 0xff, 0xfe];
+    let f = expect_failure(
+        raw_unary(server.channel.clone(), path, not_utf8).await,
+        Code::InvalidArgument,
+        "MALFORMED_REQUEST",
+    );
+    assert!(f.message.contains("UTF-8"), "{}", f.message);
+    // A length that runs past the end of the message.
+    let truncated = vec![0x0a, 0x7f, b'x'];
+    expect_failure(
+        raw_unary(server.channel.clone(), path, truncated).await,
+        Code::InvalidArgument,
+        "MALFORMED_REQUEST",
+    );
+    // An unknown enum value is not an error for proto3 open enums; unknown fields are skipped.
+    let unknown_field = vec![0xf8, 0x07, 0x01];
+    expect_failure(
+        raw_unary(server.channel.clone(), path, unknown_field).await,
+        Code::InvalidArgument,
+        "INVALID_FIELD",
+    );
+    server
+        .vms("acme-editor")
+        .create_virtual_machine(create_vm("still-up"))
+        .await
+        .unwrap();
+    server.stop().await;
+}

@@ -209,3 +209,62 @@ pub fn create_user(id: &str, email: &str) -> arbiter_api::v1::CreateUserRequest 
         ..Default::default()
     }
 }
+
+/// Sends raw bytes as the request of a unary method and returns the
+/// response bytes, for malformed-input tests.
+pub async fn raw_unary(
+    channel: Channel,
+    path: &'static str,
+    body: Vec<u8>,
+) -> Result<tonic::Response<Vec<u8>>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut request = Request::new(body);
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer root".parse().unwrap());
+    grpc.unary(request, http::uri::PathAndQuery::from_static(path), RawCodec)
+        .await
+}
+
+/// Passes bytes through unchanged.
+#[derive(Debug, Clone, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(&mut self, item: Vec<u8>, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+        use bytes::BufMut;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        use bytes::Buf;
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
