@@ -1,5 +1,7 @@
 # Installs what the build needs when it is missing: clang and libclang for
-# RocksDB's bindings. Sourced by scripts/serve and scripts/test.
+# RocksDB's bindings, the wasm32-wasip2 target for policies, and
+# componentize-py for the Python example policy. Sourced by scripts/serve
+# and scripts/test.
 set -euo pipefail
 
 need_apt=()
@@ -15,3 +17,9 @@ fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo is missing: install Rust with rustup first" >&2; exit 1; }
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/arbiter-target}"
+
+# Policies are WebAssembly components built for wasm32-wasip2.
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+  echo "installing the wasm32-wasip2 target (policies build for it)" >&2
+  rustup target add wasm32-wasip2 >&2
+fi

@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "arbiter/v1/vms.proto",
     "arbiter/v1/users.proto",
     "arbiter/v1/prompts.proto",
+    "arbiter/v1/policies.proto",
 ];
 
 const RPC_PROTOS: &[&str] = &[

@@ -23,6 +23,7 @@ pub mod google {
 }
 
 pub mod codec;
+pub mod json;
 
 pub use arbiter::v1;
 

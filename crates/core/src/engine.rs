@@ -17,13 +17,14 @@ use arbiter_store::{
 use prost_types::Timestamp;
 use sha2::{Digest, Sha256};
 
-use crate::auth::{Access, Caller};
+use crate::auth::Caller;
 use crate::error::{Current, Error, FieldViolation};
 use crate::filter::Filter;
 use crate::kind::{Kind, Resource};
 use crate::mask;
 use crate::names::{self, Name};
 use crate::page;
+use crate::policy::{self, Input, Operation, Policies, PolicyConfig, PolicyRuntime, PolicyStats};
 use crate::validate::{check_id, check_labels, check_request_id};
 
 /// Engine settings.
@@ -34,6 +35,8 @@ pub struct EngineConfig {
     /// How often a write without an etag is re-evaluated when the object
     /// moved underneath it.
     pub max_retries: usize,
+    /// Policy limits and defaults.
+    pub policy: PolicyConfig,
 }
 
 impl Default for EngineConfig {
@@ -41,6 +44,7 @@ impl Default for EngineConfig {
         Self {
             idempotency_ttl: Duration::from_secs(24 * 60 * 60),
             max_retries: 8,
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -171,6 +175,7 @@ pub struct Engine<S> {
     store: Arc<S>,
     config: EngineConfig,
     inflight: Mutex<HashSet<Vec<u8>>>,
+    pub(crate) policies: Policies,
 }
 
 fn now() -> (i64, Timestamp) {
@@ -221,7 +226,7 @@ fn decode<R: Resource>(key: &[u8], stored: &Versioned) -> Result<R, Error> {
 
 /// Encodes a resource for storage: the revision and etag come from the
 /// store and are not kept in the value.
-fn encode<R: Resource>(r: &R) -> Vec<u8> {
+pub(crate) fn encode<R: Resource>(r: &R) -> Vec<u8> {
     let mut bare = r.clone();
     let meta = bare.meta_mut();
     *meta.revision = 0;
@@ -242,6 +247,7 @@ fn validate_resource<R: Resource>(r: &R, prefix: &str, out: &mut Vec<FieldViolat
         }
     }
     check_labels(&format!("{prefix}.labels"), r.meta().labels, out);
+    r.check_more(prefix, out);
 }
 
 /// A unique field value of a resource: its store key, field and raw value.
@@ -276,13 +282,32 @@ fn invalid(violations: Vec<FieldViolation>) -> Result<(), Error> {
 }
 
 impl<S: Store> Engine<S> {
-    /// An engine over `store`.
+    /// An engine over `store`, without a policy runtime: policies cannot
+    /// be created, and a stored one faults.
     pub fn new(store: Arc<S>, config: EngineConfig) -> Self {
+        let policies = Policies::new(None, config.policy.clone());
         Self {
             store,
             config,
             inflight: Mutex::new(HashSet::new()),
+            policies,
         }
+    }
+
+    /// An engine over `store` whose policies run on `runtime`.
+    pub fn with_runtime(store: Arc<S>, config: EngineConfig, runtime: Arc<dyn PolicyRuntime>) -> Self {
+        let policies = Policies::new(Some(runtime), config.policy.clone());
+        Self {
+            store,
+            config,
+            inflight: Mutex::new(HashSet::new()),
+            policies,
+        }
+    }
+
+    /// How policy evaluations ended.
+    pub fn policy_stats(&self) -> &PolicyStats {
+        &self.policies.stats
     }
 
     /// The store underneath.
@@ -293,7 +318,7 @@ impl<S: Store> Engine<S> {
     /// Reads one resource.
     pub async fn get<R: Resource>(&self, caller: &Caller, name: &str) -> Result<R, Error> {
         let name = names::parse_name("name", R::KIND, name)?;
-        caller.authorize(&name.tenant, Access::Read)?;
+        caller.authorize(&name.tenant, R::KIND.read)?;
         let (_, r) = self.read::<R>(&name).await?;
         Ok(r)
     }
@@ -302,7 +327,7 @@ impl<S: Store> Engine<S> {
     pub async fn list<R: Resource>(&self, caller: &Caller, req: ListRequest) -> Result<ListPage<R>, Error> {
         let kind = R::KIND;
         let tenant = names::parse_parent("parent", &req.parent)?;
-        caller.authorize(&tenant, Access::Read)?;
+        caller.authorize(&tenant, kind.read)?;
         let size = page::size(req.page_size)?;
         let filter = Filter::parse(kind, &req.filter)?;
         let prefix = names::collection_prefix(&tenant, kind);
@@ -359,7 +384,7 @@ impl<S: Store> Engine<S> {
     pub async fn create<R: Resource>(&self, caller: &Caller, req: CreateRequest<R>) -> Result<R, Error> {
         let kind = R::KIND;
         let tenant = names::parse_parent("parent", &req.parent)?;
-        caller.authorize(&tenant, Access::Write)?;
+        caller.authorize(&tenant, kind.write)?;
         let mut violations = Vec::new();
         if let Err(e) = check_id(&req.id) {
             violations.push(FieldViolation::new(format!("{}_id", kind.singular), e));
@@ -397,6 +422,8 @@ impl<S: Store> Engine<S> {
         }
         let key = name.key(kind);
         let uniques = unique_values(&name.tenant, &r);
+        self.admit(caller, &name, Operation::Create, None, Some(&r))
+            .await?;
         if req.validate_only {
             if let Some(existing) = self.get_stored(&key).await? {
                 return Err(self.exists::<R>(&name, &key, &existing));
@@ -419,6 +446,7 @@ impl<S: Store> Engine<S> {
         };
         match self.store.commit(mutation).await {
             Ok(done) => {
+                self.committed::<R>(&name.tenant);
                 let meta = r.meta_mut();
                 *meta.revision = done.revision;
                 *meta.etag = etag_of(done.revision);
@@ -443,7 +471,7 @@ impl<S: Store> Engine<S> {
         let kind = R::KIND;
         let prefix = kind.singular;
         let name = names::parse_name(&format!("{prefix}.name"), kind, req.resource.meta().name)?;
-        caller.authorize(&name.tenant, Access::Write)?;
+        caller.authorize(&name.tenant, kind.write)?;
         invalid(check_request_id(&req.request_id.id).err().into_iter().collect())?;
         let paths = mask::parse(&req.update_mask, &req.resource)?;
         let etag = req.resource.meta().etag.to_string();
@@ -453,6 +481,7 @@ impl<S: Store> Engine<S> {
             etag: &etag,
             request_id: &req.request_id,
             validate_only: req.validate_only,
+            operation: Operation::Update,
         };
         let updated = self
             .modify::<R>(target, |current| {
@@ -472,7 +501,7 @@ impl<S: Store> Engine<S> {
     pub async fn delete<R: Resource>(&self, caller: &Caller, req: DeleteRequest) -> Result<(), Error> {
         let kind = R::KIND;
         let name = names::parse_name("name", kind, &req.name)?;
-        caller.authorize(&name.tenant, Access::Write)?;
+        caller.authorize(&name.tenant, kind.write)?;
         invalid(check_request_id(&req.request_id.id).err().into_iter().collect())?;
         let target = Target {
             caller,
@@ -480,6 +509,7 @@ impl<S: Store> Engine<S> {
             etag: &req.etag,
             request_id: &req.request_id,
             validate_only: req.validate_only,
+            operation: Operation::Delete,
         };
         self.modify::<R>(target, |current| {
             let state = current.meta().state;
@@ -505,7 +535,7 @@ impl<S: Store> Engine<S> {
     pub async fn transition<R: Resource>(&self, caller: &Caller, req: TransitionRequest) -> Result<R, Error> {
         let kind = R::KIND;
         let name = names::parse_name("name", kind, &req.name)?;
-        caller.authorize(&name.tenant, Access::Write)?;
+        caller.authorize(&name.tenant, kind.write)?;
         invalid(check_request_id(&req.request_id.id).err().into_iter().collect())?;
         let transition = kind.transition(req.verb).ok_or_else(|| {
             Error::Malformed(format!("{} has no custom method :{}", kind.type_name, req.verb))
@@ -516,6 +546,7 @@ impl<S: Store> Engine<S> {
             etag: &req.etag,
             request_id: &req.request_id,
             validate_only: false,
+            operation: Operation::Transition,
         };
         let moved = self
             .modify::<R>(target, |current| {
@@ -560,6 +591,7 @@ impl<S: Store> Engine<S> {
             etag,
             request_id,
             validate_only,
+            operation,
         } = target;
         let kind = R::KIND;
         let (mark, _guard) = match self.begin(&name.tenant, request_id, validate_only).await? {
@@ -586,6 +618,8 @@ impl<S: Store> Engine<S> {
                 *meta.update_time = Some(ts);
                 caller.principal.clone_into(meta.updated_by);
             }
+            self.admit(caller, name, operation, Some(&current), next.as_ref())
+                .await?;
             if validate_only {
                 for u in &after {
                     if let Some(owner) = self.owner(&u.key).await?.filter(|o| *o != key) {
@@ -609,6 +643,7 @@ impl<S: Store> Engine<S> {
             };
             match self.store.commit(mutation).await {
                 Ok(done) => {
+                    self.committed::<R>(&name.tenant);
                     if let Some(next) = next.as_mut() {
                         let meta = next.meta_mut();
                         *meta.revision = done.revision;
@@ -681,6 +716,48 @@ impl<S: Store> Engine<S> {
                 current: current_of(&existing),
             },
             Err(e) => e,
+        }
+    }
+
+    /// Asks the tenant's policies bound to this kind and operation whether
+    /// the change may happen.
+    async fn admit<R: Resource>(
+        &self,
+        caller: &Caller,
+        name: &Name,
+        operation: Operation,
+        current: Option<&R>,
+        proposed: Option<&R>,
+    ) -> Result<(), Error> {
+        let kind = R::KIND;
+        if !crate::kinds::JUDGED_KINDS.contains(&kind) {
+            return Ok(());
+        }
+        let bound = self
+            .policies
+            .bound(&*self.store, &name.tenant, kind.singular, operation)
+            .await?;
+        if bound.is_empty() {
+            return Ok(());
+        }
+        let object = |r: &R| policy::object_of(r, &encode(r));
+        let input = Input {
+            operation,
+            tenant: name.tenant.clone(),
+            principal: caller.principal.clone(),
+            current: current.map(object).transpose()?,
+            proposed: proposed.map(object).transpose()?,
+            now_unix_ms: u64::try_from(now().0).unwrap_or_default(),
+        };
+        self.policies
+            .judge(&*self.store, &bound, Arc::new(input), &name.full(kind))
+            .await
+    }
+
+    /// Bookkeeping after a commit of `R` in `tenant`.
+    fn committed<R: Resource>(&self, tenant: &str) {
+        if R::KIND == &crate::kinds::POLICY {
+            self.policies.invalidate(tenant);
         }
     }
 
@@ -840,6 +917,7 @@ struct Target<'a> {
     etag: &'a str,
     request_id: &'a RequestId,
     validate_only: bool,
+    operation: Operation,
 }
 
 fn mismatch<R: Resource>(name: &Name, expected: &str, current: &R) -> Error {
@@ -867,7 +945,7 @@ fn check_field_locks<R: Resource>(name: &Name, current: &R, next: &R) -> Result<
     let state = current.meta().state;
     for f in kind.fields {
         let Some(allowed) = f.mutable_in else { continue };
-        if current.field(f.name) != next.field(f.name) && !allowed.contains(&state) {
+        if current.differs(next, f.name) && !allowed.contains(&state) {
             return Err(Error::InvalidTransition {
                 kind,
                 name: name.full(kind),

@@ -3,6 +3,7 @@
 //! one place; every variant carries what a client needs to resolve it.
 
 use crate::kind::Kind;
+use crate::policy::{Denial, Fault};
 
 /// One bad request field: where it is and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +158,35 @@ pub enum Error {
         role: &'static str,
         /// The weakest role allowed.
         required: &'static str,
+    },
+    /// A tenant policy refused the request: FAILED_PRECONDITION
+    /// `POLICY_DENIED`, INVALID_ARGUMENT `POLICY_REJECTED` or
+    /// PERMISSION_DENIED `POLICY_FORBIDDEN`, by the denial's kind.
+    #[error("policy {policy} (revision {revision}) refused this change of {resource}: {}", denial.message)]
+    PolicyDenied {
+        /// The policy's full name.
+        policy: String,
+        /// The policy's revision.
+        revision: u64,
+        /// The resource being changed.
+        resource: String,
+        /// The policy's denial, cut to size.
+        denial: Denial,
+    },
+    /// A fail-closed policy could not decide (INTERNAL `POLICY_FAULT`).
+    #[error(
+        "policy {policy} (revision {revision}) failed ({}: {}), and it fails closed, so this change of {resource} was refused; the policy's owner should fix it or set failure_policy FAIL_OPEN",
+        fault.kind.as_str(), fault.detail
+    )]
+    PolicyFault {
+        /// The policy's full name.
+        policy: String,
+        /// The policy's revision.
+        revision: u64,
+        /// The resource being changed.
+        resource: String,
+        /// What went wrong.
+        fault: Fault,
     },
     /// No valid credentials (UNAUTHENTICATED).
     #[error("{0}")]

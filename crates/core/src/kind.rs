@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 
 use prost_types::Timestamp;
 
+use crate::auth::Access;
+use crate::error::FieldViolation;
+
 /// Checks a field's value; the error says what is expected.
 pub type Check = fn(&str) -> Result<(), String>;
 
@@ -62,6 +65,10 @@ pub struct Kind {
     pub deletable_in: &'static [i32],
     /// What to do to make it deletable.
     pub delete_hint: &'static str,
+    /// What reading it needs.
+    pub read: Access,
+    /// What writing it needs.
+    pub write: Access,
 }
 
 impl Kind {
@@ -154,16 +161,39 @@ pub trait Resource: prost::Message + Default + Clone + PartialEq + Send + Sync +
     fn meta(&self) -> Meta<'_>;
     /// The common fields, mutable.
     fn meta_mut(&mut self) -> MetaMut<'_>;
-    /// A kind-specific field by name.
+    /// A kind-specific string field by name.
     fn field(&self, name: &str) -> Option<&String>;
-    /// A kind-specific field by name, mutable.
+    /// A kind-specific string field by name, mutable.
     fn field_mut(&mut self, name: &str) -> Option<&mut String>;
+
+    /// Whether a kind-specific field holds a value (an empty update mask
+    /// takes the fields that do).
+    fn is_set(&self, name: &str) -> bool {
+        self.field(name).is_some_and(|v| !v.is_empty())
+    }
+
+    /// Copies a kind-specific field from `from`.
+    fn copy_field(&mut self, from: &Self, name: &str) {
+        if let (Some(src), Some(dst)) = (from.field(name), self.field_mut(name)) {
+            dst.clone_from(src);
+        }
+    }
+
+    /// Whether a kind-specific field differs between `self` and `other`.
+    fn differs(&self, other: &Self, name: &str) -> bool {
+        self.field(name) != other.field(name)
+    }
+
+    /// Checks that the per-field checks of [`Kind::fields`] cannot express
+    /// (fields that are not strings); `prefix` is the resource's request field.
+    fn check_more(&self, _prefix: &str, _out: &mut Vec<FieldViolation>) {}
 }
 
 /// Implements [`Resource`] for a generated message with the common fields
-/// and the listed kind-specific string fields.
+/// and the listed kind-specific string fields; trait methods for other
+/// fields may follow in braces.
 macro_rules! resource {
-    ($ty:ty, $kind:expr, [$($field:ident),* $(,)?]) => {
+    ($ty:ty, $kind:expr, [$($field:ident),* $(,)?] $({ $($more:tt)* })?) => {
         impl $crate::kind::Resource for $ty {
             const KIND: &'static $crate::kind::Kind = &$kind;
 
@@ -210,6 +240,8 @@ macro_rules! resource {
                     _ => None,
                 }
             }
+
+            $($($more)*)?
         }
     };
 }

@@ -9,6 +9,9 @@
 //!   update, delete and state transition, over any [`arbiter_store::Store`].
 //! - [`error`]: [`Error`], the domain error that the server maps to
 //!   `google.rpc.Status` in one place.
+//! - [`policy`]: tenant policies in the pipeline: what a policy sees and
+//!   answers, the [`PolicyRuntime`] that runs modules, binding, modes and
+//!   failure policies; [`policy_admin`]: module upload around policy CRUD.
 //! - [`auth`]: callers, roles and tenant access.
 //! - [`names`], [`validate`], [`mask`], [`filter`], [`page`]: request parsing.
 
@@ -21,6 +24,8 @@ pub mod kinds;
 pub mod mask;
 pub mod names;
 pub mod page;
+pub mod policy;
+pub mod policy_admin;
 pub mod validate;
 
 pub use auth::{Access, Caller, Role};
@@ -30,3 +35,7 @@ pub use engine::{
 };
 pub use error::{Current, Error, FieldViolation};
 pub use kind::{Kind, Resource};
+pub use policy::{
+    Denial, DenialKind, Fault, FaultKind, Input, Limits, Object, Operation, Outcome, PolicyConfig,
+    PolicyRuntime, PolicyStats, Verdict,
+};

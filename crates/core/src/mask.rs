@@ -34,7 +34,7 @@ pub fn parse<R: Resource>(paths: &[String], request: &R) -> Result<Vec<Path>, Er
         let mut out: Vec<Path> = kind
             .fields
             .iter()
-            .filter(|f| request.field(f.name).is_some_and(|v| !v.is_empty()))
+            .filter(|f| request.is_set(f.name))
             .map(|f| Path::Field(f.name))
             .collect();
         if !request.meta().labels.is_empty() {
@@ -98,11 +98,7 @@ fn field_list(kind: &crate::kind::Kind) -> String {
 pub fn apply<R: Resource>(paths: &[Path], from: &R, to: &mut R) {
     for path in paths {
         match path {
-            Path::Field(name) => {
-                if let (Some(src), Some(dst)) = (from.field(name), to.field_mut(name)) {
-                    dst.clone_from(src);
-                }
-            }
+            Path::Field(name) => to.copy_field(from, name),
             Path::Labels => to.meta_mut().labels.clone_from(from.meta().labels),
             Path::Label(key) => match from.meta().labels.get(key) {
                 Some(value) => {

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use arbiter_core::PolicyConfig;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
@@ -37,6 +38,16 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Sync the WAL before acknowledging writes (turn off for benchmarks only).
     pub fsync: bool,
+    /// Highest time limit a policy may set, in milliseconds.
+    pub policy_max_timeout_ms: u64,
+    /// Highest memory limit a policy may set, in bytes.
+    pub policy_max_memory_bytes: u64,
+    /// Largest policy module accepted, in bytes.
+    pub policy_max_module_bytes: u64,
+    /// Policy evaluations running at once.
+    pub policy_concurrency: u32,
+    /// Where compiled policy modules are cached; default `DATA_DIR/policy-cache`.
+    pub policy_cache_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -48,6 +59,11 @@ impl Default for Config {
             tokens: None,
             log_format: LogFormat::Text,
             fsync: true,
+            policy_max_timeout_ms: 2_000,
+            policy_max_memory_bytes: 256 << 20,
+            policy_max_module_bytes: 64 << 20,
+            policy_concurrency: 64,
+            policy_cache_dir: None,
         }
     }
 }
@@ -77,6 +93,21 @@ pub struct ServeArgs {
     /// for benchmarks only.
     #[arg(long, env = "ARBITER_FSYNC", value_name = "BOOL")]
     pub fsync: Option<bool>,
+    /// Highest policy time limit in ms [default: 2000].
+    #[arg(long, env = "ARBITER_POLICY_MAX_TIMEOUT_MS", value_name = "MS")]
+    pub policy_max_timeout_ms: Option<u64>,
+    /// Highest policy memory limit in bytes [default: 268435456].
+    #[arg(long, env = "ARBITER_POLICY_MAX_MEMORY_BYTES", value_name = "BYTES")]
+    pub policy_max_memory_bytes: Option<u64>,
+    /// Largest policy module in bytes [default: 67108864].
+    #[arg(long, env = "ARBITER_POLICY_MAX_MODULE_BYTES", value_name = "BYTES")]
+    pub policy_max_module_bytes: Option<u64>,
+    /// Policy evaluations at once [default: 64].
+    #[arg(long, env = "ARBITER_POLICY_CONCURRENCY", value_name = "N")]
+    pub policy_concurrency: Option<u32>,
+    /// Compiled-module cache [default: DATA_DIR/policy-cache].
+    #[arg(long, env = "ARBITER_POLICY_CACHE_DIR", value_name = "DIR")]
+    pub policy_cache_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -111,6 +142,11 @@ impl Config {
             tokens,
             log_format,
             fsync,
+            policy_max_timeout_ms,
+            policy_max_memory_bytes,
+            policy_max_module_bytes,
+            policy_concurrency,
+            policy_cache_dir,
         } = args.clone();
         if let Some(v) = data_dir {
             self.data_dir = v;
@@ -129,6 +165,48 @@ impl Config {
         }
         if let Some(v) = fsync {
             self.fsync = v;
+        }
+        if let Some(v) = policy_max_timeout_ms {
+            self.policy_max_timeout_ms = v;
+        }
+        if let Some(v) = policy_max_memory_bytes {
+            self.policy_max_memory_bytes = v;
+        }
+        if let Some(v) = policy_max_module_bytes {
+            self.policy_max_module_bytes = v;
+        }
+        if let Some(v) = policy_concurrency {
+            self.policy_concurrency = v;
+        }
+        if policy_cache_dir.is_some() {
+            self.policy_cache_dir = policy_cache_dir;
+        }
+    }
+
+    /// The engine's policy limits.
+    pub fn policy(&self) -> arbiter_core::PolicyConfig {
+        let defaults = arbiter_core::PolicyConfig::default();
+        let max_timeout = std::time::Duration::from_millis(self.policy_max_timeout_ms);
+        PolicyConfig {
+            default_timeout: defaults.default_timeout.min(max_timeout),
+            max_timeout,
+            default_memory_bytes: defaults.default_memory_bytes.min(self.policy_max_memory_bytes),
+            max_memory_bytes: self.policy_max_memory_bytes,
+            max_module_bytes: usize::try_from(self.policy_max_module_bytes).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// The policy host's settings.
+    pub fn policy_host(&self) -> arbiter_policy::HostConfig {
+        arbiter_policy::HostConfig {
+            cache_dir: Some(
+                self.policy_cache_dir
+                    .clone()
+                    .unwrap_or_else(|| self.data_dir.join("policy-cache")),
+            ),
+            max_memory_bytes: self.policy_max_memory_bytes,
+            max_concurrent: self.policy_concurrency,
+            ..arbiter_policy::HostConfig::default()
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The `arbiter` binary: parses the command line and hands over to the
 //! library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -26,23 +26,47 @@ enum Command {
         #[arg(long, env = "ARBITER_DATA_DIR", default_value = "./arbiter-data")]
         data_dir: PathBuf,
     },
+    /// Work with policy modules.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Run a YAML file of request -> expected decision cases against a
+    /// module; exits non-zero if any case fails.
+    Test {
+        /// The policy component (.wasm).
+        module: PathBuf,
+        /// The cases file (.yaml).
+        cases: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
+    match Cli::parse().command {
+        Command::Serve(args) => block_on(serve(args)),
+        Command::Check { data_dir } => block_on(check(data_dir)),
+        Command::Policy {
+            command: PolicyCommand::Test { module, cases },
+        } => report(policy_test(&module, &cases)),
+    }
+}
+
+/// Runs an async command on a fresh runtime.
+fn block_on(command: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => report(runtime.block_on(command)),
         Err(e) => {
             eprintln!("arbiter: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve(args) => serve(args).await,
-            Command::Check { data_dir } => check(data_dir).await,
-        }
-    });
+    }
+}
+
+fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -50,6 +74,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `arbiter policy test MODULE CASES`.
+fn policy_test(module: &Path, cases: &Path) -> anyhow::Result<ExitCode> {
+    let bytes =
+        std::fs::read(module).with_context(|| format!("cannot read the module {}", module.display()))?;
+    let text = std::fs::read_to_string(cases)
+        .with_context(|| format!("cannot read the cases {}", cases.display()))?;
+    let host = arbiter_policy::Host::new(&arbiter_policy::HostConfig {
+        max_concurrent: 1,
+        ..Default::default()
+    })?;
+    let report = arbiter_policy::cases::run(&host, &bytes, &text, &mut std::io::stdout().lock())
+        .with_context(|| format!("in {}", cases.display()))?;
+    Ok(if report.failed == 0 && report.passed > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {

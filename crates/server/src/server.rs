@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arbiter_api::v1::{
-    prompts_server::PromptsServer, users_server::UsersServer, virtual_machines_server::VirtualMachinesServer,
+    policies_server::PoliciesServer, prompts_server::PromptsServer, users_server::UsersServer,
+    virtual_machines_server::VirtualMachinesServer,
 };
 use arbiter_core::{Engine, EngineConfig};
 use arbiter_store::{RocksOptions, RocksStore};
@@ -83,7 +84,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let store = RocksStore::open(&config.data_dir.join("db"), options)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
-    let engine = Arc::new(Engine::new(Arc::new(store), EngineConfig::default()));
+    let host = arbiter_policy::Host::new(&config.policy_host())?;
+    let engine_config = EngineConfig {
+        policy: config.policy(),
+        ..EngineConfig::default()
+    };
+    let engine = Arc::new(Engine::with_runtime(
+        Arc::new(store),
+        engine_config,
+        Arc::new(host),
+    ));
+    let max_upload = usize::try_from(config.policy_max_module_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1 << 20);
     let grpc = TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on {} (grpc_addr)", config.grpc_addr))?;
@@ -92,7 +105,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on {} (http_addr)", config.http_addr))?;
     let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(serve(engine, tokens, grpc, http, stopped));
+    let task = tokio::spawn(serve(engine, tokens, grpc, http, stopped, max_upload));
     tracing::info!(%grpc_addr, %http_addr, data_dir = %config.data_dir.display(), "serving");
     Ok(Running {
         grpc_addr,
@@ -109,6 +122,7 @@ async fn set_serving(reporter: &HealthReporter) {
         .await;
     reporter.set_serving::<UsersServer<Api<RocksStore>>>().await;
     reporter.set_serving::<PromptsServer<Api<RocksStore>>>().await;
+    reporter.set_serving::<PoliciesServer<Api<RocksStore>>>().await;
 }
 
 /// Server reflection over the API, health and the error model, so that
@@ -126,6 +140,7 @@ async fn serve(
     grpc: TcpListener,
     http: TcpListener,
     stopped: impl Future<Output = Result<(), oneshot::error::RecvError>> + Send + 'static,
+    max_upload: usize,
 ) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
     set_serving(&reporter).await;
@@ -144,7 +159,8 @@ async fn serve(
         .add_service(reflection_alpha)
         .add_service(VirtualMachinesServer::new(api.clone()))
         .add_service(UsersServer::new(api.clone()))
-        .add_service(PromptsServer::new(api))
+        .add_service(PromptsServer::new(api.clone()))
+        .add_service(PoliciesServer::new(api).max_decoding_message_size(max_upload))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async {
             let _ = stopped.await;
             reporter

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use arbiter_core::{Current, Error};
+use arbiter_core::{Current, DenialKind, Error};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -165,6 +165,58 @@ pub fn to_status(error: &Error) -> Status {
                 ]),
             );
             Code::PermissionDenied
+        }
+        Error::PolicyDenied {
+            policy,
+            revision,
+            resource,
+            denial,
+        } => {
+            let (reason, code) = match denial.kind {
+                DenialKind::Conflict => ("POLICY_DENIED", Code::FailedPrecondition),
+                DenialKind::Invalid => ("POLICY_REJECTED", Code::InvalidArgument),
+                DenialKind::Forbidden => ("POLICY_FORBIDDEN", Code::PermissionDenied),
+            };
+            details.set_error_info(
+                reason,
+                DOMAIN,
+                meta([
+                    ("resource", resource.clone()),
+                    ("policy", policy.clone()),
+                    ("policy_revision", revision.to_string()),
+                    ("denial_reason", denial.reason.clone()),
+                ]),
+            );
+            for v in &denial.violations {
+                if denial.kind == DenialKind::Invalid {
+                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
+                } else {
+                    details.add_precondition_failure_violation(
+                        denial.reason.clone(),
+                        v.field.clone(),
+                        v.description.clone(),
+                    );
+                }
+            }
+            code
+        }
+        Error::PolicyFault {
+            policy,
+            revision,
+            resource,
+            fault,
+        } => {
+            details.set_error_info(
+                "POLICY_FAULT",
+                DOMAIN,
+                meta([
+                    ("resource", resource.clone()),
+                    ("policy", policy.clone()),
+                    ("policy_revision", revision.to_string()),
+                    ("fault", fault.kind.as_str().to_string()),
+                ]),
+            );
+            Code::Internal
         }
         Error::Unauthenticated(_) => {
             details.set_error_info("UNAUTHENTICATED", DOMAIN, HashMap::new());

@@ -185,3 +185,19 @@ pub async fn idempotency_records_outcomes(store: &impl Store) {
         "no record for a refused mutation"
     );
 }
+
+/// Blobs are stored by digest, read back whole, and immutable.
+pub async fn blobs_round_trip(store: &impl Store) {
+    assert_eq!(store.get_blob(b"d1").await.unwrap(), None);
+    let big = vec![7u8; 3 << 20];
+    store.put_blob(b"d1", big.clone()).await.unwrap();
+    store.put_blob(b"d2", b"small".to_vec()).await.unwrap();
+    assert_eq!(store.get_blob(b"d1").await.unwrap(), Some(big.clone()));
+    assert_eq!(
+        store.get_blob(b"d2").await.unwrap().as_deref(),
+        Some(&b"small"[..])
+    );
+    store.put_blob(b"d1", big.clone()).await.unwrap();
+    assert_eq!(store.get_blob(b"d1").await.unwrap(), Some(big));
+    assert_eq!(store.revision(), 0, "blobs are not revisions");
+}

@@ -178,6 +178,13 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a mutation atomically and durably, or says why not.
     fn commit(&self, mutation: Mutation) -> impl Future<Output = Result<Committed, CommitError>> + Send;
 
+    /// Stores `bytes` under their content digest, durably. Blobs are
+    /// immutable: putting the same digest again changes nothing.
+    fn put_blob(&self, digest: &[u8], bytes: Vec<u8>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The blob stored under `digest`.
+    fn get_blob(&self, digest: &[u8]) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
     /// Change events after `after`, oldest first, at most `limit`.
     fn changes(
         &self,

@@ -2,8 +2,9 @@
 //!
 //! Column families: `objects` (key → revision ‖ value), `unique` (unique key
 //! → owning object key), `log` (revision → [`ChangeEvent`]), `requests`
-//! (idempotency key → [`IdempotencyRecord`]) and `meta` (the revision
-//! counter).
+//! (idempotency key → [`IdempotencyRecord`]), `blobs` (content digest →
+//! bytes, e.g. policy modules, kept in RocksDB's blob files) and `meta` (the
+//! revision counter).
 //!
 //! Reads go straight to RocksDB. Writes go through one sequencer thread:
 //! it takes every mutation that is waiting, checks each against the stored
@@ -34,7 +35,8 @@ const CF_UNIQUE: &str = "unique";
 const CF_LOG: &str = "log";
 const CF_REQUESTS: &str = "requests";
 const CF_META: &str = "meta";
-const COLUMN_FAMILIES: [&str; 5] = [CF_OBJECTS, CF_UNIQUE, CF_LOG, CF_REQUESTS, CF_META];
+const CF_BLOBS: &str = "blobs";
+const COLUMN_FAMILIES: [&str; 6] = [CF_OBJECTS, CF_UNIQUE, CF_LOG, CF_REQUESTS, CF_META, CF_BLOBS];
 const REVISION_KEY: &[u8] = b"revision";
 
 /// Tuning of the RocksDB engine.
@@ -68,6 +70,7 @@ struct Pending {
 /// handle stops the sequencer after it has written what it accepted.
 pub struct RocksStore {
     db: Arc<DB>,
+    fsync: bool,
     revision: Arc<AtomicU64>,
     queue: Option<mpsc::Sender<Pending>>,
     sequencer: Option<JoinHandle<()>>,
@@ -110,8 +113,13 @@ fn decode_object(key: &[u8], raw: &[u8]) -> Result<Versioned, StoreError> {
     })
 }
 
-fn column_options() -> Options {
+fn column_options(name: &str) -> Options {
     let mut opts = Options::default();
+    if name == CF_BLOBS {
+        // Modules are large and written once: keep them out of the LSM tree.
+        opts.set_enable_blob_files(true);
+        opts.set_min_blob_size(4096);
+    }
     let mut table = BlockBasedOptions::default();
     table.set_bloom_filter(10.0, false);
     table.set_cache_index_and_filter_blocks(true);
@@ -129,10 +137,11 @@ impl RocksStore {
         db_opts.increase_parallelism(2);
         let cfs = COLUMN_FAMILIES
             .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, column_options()));
+            .map(|name| ColumnFamilyDescriptor::new(*name, column_options(name)));
         let db = Arc::new(DB::open_cf_descriptors(&db_opts, path, cfs).map_err(engine)?);
         let revision = Arc::new(AtomicU64::new(read_revision(&db)?));
         let (queue, rx) = mpsc::channel(options.queue_depth.max(1));
+        let fsync = options.fsync;
         let sequencer = Sequencer {
             db: Arc::clone(&db),
             revision: Arc::clone(&revision),
@@ -144,6 +153,7 @@ impl RocksStore {
             .map_err(|e| StoreError::Engine(format!("cannot start the sequencer: {e}")))?;
         Ok(Self {
             db,
+            fsync,
             revision,
             queue: Some(queue),
             sequencer: Some(sequencer),
@@ -297,6 +307,25 @@ impl Store for RocksStore {
             out.push(ChangeEvent::decode(&*raw).map_err(|e| corrupt(&key, e.to_string()))?);
         }
         Ok(out)
+    }
+
+    async fn put_blob(&self, digest: &[u8], bytes: Vec<u8>) -> Result<(), StoreError> {
+        let db = Arc::clone(&self.db);
+        let digest = digest.to_vec();
+        let fsync = self.fsync;
+        let write = move || {
+            let mut opts = WriteOptions::default();
+            opts.set_sync(fsync);
+            db.put_cf_opt(cf(&db, CF_BLOBS)?, digest, bytes, &opts)
+                .map_err(engine)
+        };
+        tokio::task::spawn_blocking(write)
+            .await
+            .map_err(|e| StoreError::Engine(format!("the blob writer failed: {e}")))?
+    }
+
+    async fn get_blob(&self, digest: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get_cf(self.cf(CF_BLOBS)?, digest).map_err(engine)
     }
 
     fn revision(&self) -> u64 {

@@ -28,6 +28,7 @@ conformance!(
     scans_are_ordered,
     changes_are_logged,
     idempotency_records_outcomes,
+    blobs_round_trip,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use arbiter_api::v1::{
-    prompts_server::Prompts, users_server::Users, virtual_machines_server::VirtualMachines, *,
+    policies_server::Policies, prompts_server::Prompts, users_server::Users,
+    virtual_machines_server::VirtualMachines, *,
 };
 use arbiter_core::{
     Caller, CreateRequest, DeleteRequest, Engine, Error, ListRequest, RequestId, TransitionRequest,
@@ -65,7 +66,8 @@ fn mask_paths(mask: Option<prost_types::FieldMask>) -> Vec<String> {
 
 macro_rules! resource_service {
     (
-        $service:ident for $ty:ty, field $field:ident, id $id:ident, items $items:ident;
+        $service:ident for $ty:ty, field $field:ident, id $id:ident, items $items:ident,
+        engine ($create_with:ident, $update_with:ident);
         create $create:ident($create_req:ty);
         get $get:ident($get_req:ty);
         list $list:ident($list_req:ty) -> $list_resp:ident;
@@ -86,7 +88,7 @@ macro_rules! resource_service {
                     request_id,
                     validate_only: req.validate_only,
                 };
-                reply(self.engine.create(&caller, create).await)
+                reply(self.engine.$create_with(&caller, create).await)
             }
 
             async fn $get(&self, request: Request<$get_req>) -> Result<Response<$ty>, Status> {
@@ -118,7 +120,7 @@ macro_rules! resource_service {
                     request_id,
                     validate_only: req.validate_only,
                 };
-                reply(self.engine.update(&caller, update).await)
+                reply(self.engine.$update_with(&caller, update).await)
             }
 
             async fn $delete(&self, request: Request<$delete_req>) -> Result<Response<()>, Status> {
@@ -148,7 +150,7 @@ macro_rules! resource_service {
 }
 
 resource_service! {
-    VirtualMachines for VirtualMachine, field vm, id vm_id, items vms;
+    VirtualMachines for VirtualMachine, field vm, id vm_id, items vms, engine (create, update);
     create create_virtual_machine(CreateVirtualMachineRequest);
     get get_virtual_machine(GetVirtualMachineRequest);
     list list_virtual_machines(ListVirtualMachinesRequest) -> ListVirtualMachinesResponse;
@@ -159,7 +161,7 @@ resource_service! {
 }
 
 resource_service! {
-    Users for User, field user, id user_id, items users;
+    Users for User, field user, id user_id, items users, engine (create, update);
     create create_user(CreateUserRequest);
     get get_user(GetUserRequest);
     list list_users(ListUsersRequest) -> ListUsersResponse;
@@ -170,7 +172,7 @@ resource_service! {
 }
 
 resource_service! {
-    Prompts for Prompt, field prompt, id prompt_id, items prompts;
+    Prompts for Prompt, field prompt, id prompt_id, items prompts, engine (create, update);
     create create_prompt(CreatePromptRequest);
     get get_prompt(GetPromptRequest);
     list list_prompts(ListPromptsRequest) -> ListPromptsResponse;
@@ -178,4 +180,13 @@ resource_service! {
     delete delete_prompt(DeletePromptRequest);
     transition publish_prompt(PublishPromptRequest) = "publish";
     transition archive_prompt(ArchivePromptRequest) = "archive";
+}
+
+resource_service! {
+    Policies for Policy, field policy, id policy_id, items policies, engine (create_policy, update_policy);
+    create create_policy(CreatePolicyRequest);
+    get get_policy(GetPolicyRequest);
+    list list_policies(ListPoliciesRequest) -> ListPoliciesResponse;
+    update update_policy(UpdatePolicyRequest);
+    delete delete_policy(DeletePolicyRequest);
 }

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use arbiter_api::v1::{
-    prompts_client::PromptsClient, users_client::UsersClient, virtual_machines_client::VirtualMachinesClient,
+    policies_client::PoliciesClient, prompts_client::PromptsClient, users_client::UsersClient,
+    virtual_machines_client::VirtualMachinesClient,
 };
 use arbiter_server::{Config, Running};
 use tonic::metadata::MetadataValue;
@@ -78,6 +79,9 @@ pub fn test_config(dir: &std::path::Path) -> Config {
         grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         tokens: Some(tokens),
+        // Compiled policy modules are shared by every test server: a
+        // module compiles once per machine, not once per test.
+        policy_cache_dir: Some(std::env::temp_dir().join("arbiter-test-policy-cache")),
         ..Config::default()
     }
 }
@@ -97,8 +101,15 @@ pub async fn connect(addr: SocketAddr) -> Channel {
 
 impl TestServer {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server whose config `adjust` changes first.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let running = arbiter_server::start(test_config(dir.path())).await.unwrap();
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        let running = arbiter_server::start(config).await.unwrap();
         let channel = connect(running.grpc_addr).await;
         Self {
             running: Some(running),
@@ -125,6 +136,21 @@ impl TestServer {
 
     pub fn prompts(&self, token: &str) -> PromptsClient<Authed> {
         PromptsClient::with_interceptor(self.channel.clone(), Self::bearer(token))
+    }
+
+    pub fn policies(&self, token: &str) -> PoliciesClient<Authed> {
+        PoliciesClient::with_interceptor(self.channel.clone(), Self::bearer(token))
+            .max_encoding_message_size(128 << 20)
+    }
+
+    /// Stops the server and starts it again on the same data dir.
+    pub async fn restart(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.unwrap();
+        }
+        let running = arbiter_server::start(test_config(self.dir.path())).await.unwrap();
+        self.channel = connect(running.grpc_addr).await;
+        self.running = Some(running);
     }
 
     pub fn anonymous_vms(&self) -> VirtualMachinesClient<Authed> {

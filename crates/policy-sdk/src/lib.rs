@@ -1,0 +1,279 @@
+//! # Writing Arbiter policies in Rust
+//!
+//! An Arbiter policy is a WebAssembly component of the world `policy` in
+//! `policies/wit/arbiter-policy.wit`: it exports `evaluate(request) ->
+//! decision`, and Arbiter calls it for every create, update, delete and
+//! state transition of the kinds the policy is bound to. This crate wraps
+//! the `wit-bindgen` bindings of that world with what a policy author needs:
+//!
+//! - [`Request`] and [`Object`] helpers: which object is judged, its labels,
+//!   the state it moves from and to, and its fields parsed from
+//!   `spec-json` ([`Object::spec`], [`Spec`]).
+//! - Decision builders: [`allow`], and [`conflict`], [`invalid`] and
+//!   [`forbidden`] denials with [`Deny::violation`].
+//! - [`log`], which goes to the server's log (rate-limited).
+//!
+//! ```ignore
+//! use arbiter_policy_sdk::{Decision, Operation, Policy, Request, allow, conflict};
+//!
+//! struct NoFridayDeploys;
+//!
+//! impl Policy for NoFridayDeploys {
+//!     fn evaluate(req: Request) -> Decision {
+//!         if req.operation == Operation::Transition && req.is_moving_to("RUNNING") {
+//!             return conflict("CHANGE_FREEZE", "no starts during the freeze").into();
+//!         }
+//!         allow()
+//!     }
+//! }
+//!
+//! arbiter_policy_sdk::export_policy!(NoFridayDeploys);
+//! ```
+//!
+//! Build with `cargo build --target wasm32-wasip2 --release`; the
+//! component is `target/wasm32-wasip2/release/<crate>.wasm`. Policies see
+//! only the request: no files, network, environment or clock (use
+//! [`Request::now_unix_ms`]).
+
+use serde::de::DeserializeOwned;
+
+/// The generated bindings of the `arbiter:policy/policy` world.
+#[allow(unsafe_code, missing_docs, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "policy",
+        path: "../../policies/wit",
+        pub_export_macro: true,
+        export_macro_name: "export_policy",
+        default_bindings_module: "arbiter_policy_sdk::bindings",
+        additional_derives: [PartialEq],
+    });
+}
+
+pub use bindings::Guest as Policy;
+pub use bindings::arbiter::policy::types::{
+    Decision, Denial, DenialKind, Object, Operation, Request, Violation,
+};
+pub use bindings::export_policy;
+pub use serde_json::Value;
+
+/// Writes a line to the server's log, tagged with the policy's name. The
+/// server keeps at most a few lines per evaluation and per second.
+pub fn log(message: &str) {
+    bindings::log(message);
+}
+
+impl Request {
+    /// The object as it will be: the proposed one, or on delete the current
+    /// one.
+    pub fn object(&self) -> Option<&Object> {
+        self.proposed.as_ref().or(self.current.as_ref())
+    }
+
+    /// The kind being changed: `vm`, `user` or `prompt`.
+    pub fn kind(&self) -> &str {
+        self.object().map_or("", |o| o.kind.as_str())
+    }
+
+    /// The state the object is in before the change (empty on create).
+    pub fn current_state(&self) -> &str {
+        self.current.as_ref().map_or("", |o| o.state.as_str())
+    }
+
+    /// Whether this is a transition into `state`, e.g. `"STOPPED"`.
+    pub fn is_moving_to(&self, state: &str) -> bool {
+        self.operation == Operation::Transition && self.proposed.as_ref().is_some_and(|o| o.state == state)
+    }
+
+    /// A label of the object as it is before the change, falling back to
+    /// the proposed object on create.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.current
+            .as_ref()
+            .or(self.proposed.as_ref())
+            .and_then(|o| o.label(key))
+    }
+}
+
+impl Object {
+    /// The value of a label.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The object's fields, parsed from its proto3 JSON.
+    pub fn spec(&self) -> Result<Spec, SpecError> {
+        serde_json::from_str(&self.spec_json)
+            .map(Spec)
+            .map_err(|e| SpecError(e.to_string()))
+    }
+
+    /// The object's fields as your own type; name the fields in
+    /// lowerCamelCase (`#[serde(rename_all = "camelCase")]`), as proto3
+    /// JSON does.
+    pub fn spec_as<T: DeserializeOwned>(&self) -> Result<T, SpecError> {
+        serde_json::from_str(&self.spec_json).map_err(|e| SpecError(e.to_string()))
+    }
+}
+
+/// An object's fields as proto3 JSON: lowerCamelCase names
+/// (`machineType`), enums by name, fields at their default value left out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec(pub Value);
+
+impl Spec {
+    /// A field by its JSON name, e.g. `machineType`.
+    pub fn get(&self, field: &str) -> Option<&Value> {
+        self.0.get(field)
+    }
+
+    /// A string field; `""` when it is absent (proto3 leaves out empty
+    /// strings).
+    pub fn str(&self, field: &str) -> &str {
+        self.get(field).and_then(Value::as_str).unwrap_or_default()
+    }
+}
+
+/// `spec-json` did not parse as expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError(pub String);
+
+impl std::fmt::Display for SpecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot read the object's spec: {}", self.0)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+/// Lets the request go on.
+pub fn allow() -> Decision {
+    Decision::Allow
+}
+
+/// A denial under construction; turn it into a [`Decision`] with `.into()`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deny(pub Denial);
+
+fn deny(kind: DenialKind, reason: &str, message: &str) -> Deny {
+    Deny(Denial {
+        kind,
+        reason: reason.to_string(),
+        message: message.to_string(),
+        violations: Vec::new(),
+    })
+}
+
+/// The object's current state conflicts with the request (gRPC
+/// `FAILED_PRECONDITION`, HTTP 409). `reason` is UPPER_SNAKE_CASE; the
+/// message says how to resolve it.
+pub fn conflict(reason: &str, message: &str) -> Deny {
+    deny(DenialKind::Conflict, reason, message)
+}
+
+/// The request's values are not acceptable (gRPC `INVALID_ARGUMENT`, HTTP
+/// 422); add a [`Deny::violation`] per bad field.
+pub fn invalid(reason: &str, message: &str) -> Deny {
+    deny(DenialKind::Invalid, reason, message)
+}
+
+/// The principal may not do this (gRPC `PERMISSION_DENIED`, HTTP 403).
+pub fn forbidden(reason: &str, message: &str) -> Deny {
+    deny(DenialKind::Forbidden, reason, message)
+}
+
+impl Deny {
+    /// Names a field (e.g. `vm.machine_type`) and what is wrong with it.
+    pub fn violation(mut self, field: &str, description: &str) -> Self {
+        self.0.violations.push(Violation {
+            field: field.to_string(),
+            description: description.to_string(),
+        });
+        self
+    }
+}
+
+impl From<Deny> for Decision {
+    fn from(deny: Deny) -> Self {
+        Decision::Deny(deny.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(state: &str, labels: &[(&str, &str)], spec: &str) -> Object {
+        Object {
+            kind: "vm".into(),
+            name: "tenants/acme/vms/web-1".into(),
+            state: state.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            spec_json: spec.into(),
+            revision: 7,
+        }
+    }
+
+    fn stop(labels: &[(&str, &str)]) -> Request {
+        Request {
+            operation: Operation::Transition,
+            tenant: "acme".into(),
+            principal: "alice".into(),
+            current: Some(vm("RUNNING", labels, "{}")),
+            proposed: Some(vm("STOPPED", labels, "{}")),
+            now_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn requests_tell_what_moves_where() {
+        let req = stop(&[("env", "prod")]);
+        assert!(req.is_moving_to("STOPPED"));
+        assert!(!req.is_moving_to("RUNNING"));
+        assert_eq!(req.kind(), "vm");
+        assert_eq!(req.current_state(), "RUNNING");
+        assert_eq!(req.label("env"), Some("prod"));
+        assert_eq!(req.label("team"), None);
+    }
+
+    #[test]
+    fn specs_parse_as_json_or_as_a_type() {
+        let object = vm(
+            "STOPPED",
+            &[],
+            r#"{"machineType":"e2-small","region":"eu-west1"}"#,
+        );
+        let spec = object.spec().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spec.str("machineType"), "e2-small");
+        assert_eq!(spec.str("image"), "");
+
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Vm {
+            machine_type: String,
+        }
+        let typed: Vm = object.spec_as().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(typed.machine_type, "e2-small");
+        assert!(vm("STOPPED", &[], "not json").spec().is_err());
+    }
+
+    #[test]
+    fn denials_carry_kind_reason_and_violations() {
+        let decision: Decision = invalid("BAD_TYPE", "pick another type")
+            .violation("vm.machine_type", "not allowed")
+            .into();
+        let Decision::Deny(denial) = decision else {
+            panic!("expected a denial")
+        };
+        assert_eq!(denial.kind, DenialKind::Invalid);
+        assert_eq!(denial.reason, "BAD_TYPE");
+        assert_eq!(denial.violations.len(), 1);
+        assert!(matches!(allow(), Decision::Allow));
+    }
+}

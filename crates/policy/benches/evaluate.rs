@@ -1,0 +1,68 @@
+//! One policy evaluation of vm-guard: a fresh store, instantiation from the
+//! pre-linked component, the `evaluate` call and the decision lifted back.
+//!
+//!     cargo bench -p arbiter-policy --bench evaluate
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use arbiter_core::policy::{Input, Limits, Object, Operation, Verdict};
+use arbiter_policy::{Host, HostConfig};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+fn vm(state: &str, labels: &[(&str, &str)]) -> Object {
+    Object {
+        kind: "vm".into(),
+        name: "tenants/acme/vms/web-1".into(),
+        state: state.into(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        spec_json: r#"{"name":"tenants/acme/vms/web-1","state":"RUNNING","region":"us-east1","machineType":"e2-small","image":"debian-12","labels":{"env":"prod"}}"#.into(),
+        revision: 42,
+    }
+}
+
+fn input(operation: Operation, current: Option<Object>, proposed: Option<Object>) -> Input {
+    Input {
+        operation,
+        tenant: "acme".into(),
+        principal: "alice".into(),
+        current,
+        proposed,
+        now_unix_ms: 1_764_000_000_000,
+    }
+}
+
+fn evaluate(c: &mut Criterion) {
+    let host = Host::new(&HostConfig::default()).unwrap();
+    let module = std::fs::read(arbiter_test_guests::VM_GUARD).unwrap();
+    host.load_blocking("vm-guard", &module).unwrap();
+    let limits = Limits {
+        timeout: Duration::from_millis(50),
+        memory_bytes: 16 << 20,
+    };
+    let stop = input(
+        Operation::Transition,
+        Some(vm("RUNNING", &[("env", "prod")])),
+        Some(vm("STOPPED", &[("env", "prod")])),
+    );
+    let create = input(Operation::Create, None, Some(vm("STOPPED", &[("env", "prod")])));
+    assert!(matches!(
+        host.evaluate_blocking("vm-guard", "bench", limits, &stop),
+        Ok(Verdict::Deny(_))
+    ));
+    assert!(matches!(
+        host.evaluate_blocking("vm-guard", "bench", limits, &create),
+        Ok(Verdict::Allow)
+    ));
+    let mut group = c.benchmark_group("vm-guard");
+    group.bench_function("stop prod VM (deny, labels only)", |b| {
+        b.iter(|| host.evaluate_blocking("vm-guard", "bench", limits, &stop))
+    });
+    group.bench_function("create VM (allow, parses spec JSON)", |b| {
+        b.iter(|| host.evaluate_blocking("vm-guard", "bench", limits, &create))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, evaluate);
+criterion_main!(benches);

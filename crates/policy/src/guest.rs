@@ -1,0 +1,101 @@
+//! The store state of one evaluation: a WASI context with no capabilities,
+//! the memory limiter, and what the policy logged.
+
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::limits::MemoryLimiter;
+use crate::logs::PER_EVALUATION;
+
+/// Bytes of stdout and of stderr kept per evaluation.
+const CAPTURE: usize = 4096;
+
+/// A wall clock stopped at the request's time: a policy that reads the
+/// clock sees when the request was made, so its decision depends on the
+/// request alone.
+struct RequestClock(Duration);
+
+impl HostWallClock for RequestClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+
+    fn now(&self) -> Duration {
+        self.0
+    }
+}
+
+/// A monotonic clock that does not move during an evaluation.
+struct StoppedClock;
+
+impl HostMonotonicClock for StoppedClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// Everything one evaluation's store holds.
+pub struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// Caps linear memory.
+    pub limiter: MemoryLimiter,
+    /// Lines from the `log` import.
+    pub logged: Vec<String>,
+    /// Captured stdout.
+    pub stdout: MemoryOutputPipe,
+    /// Captured stderr.
+    pub stderr: MemoryOutputPipe,
+}
+
+impl GuestState {
+    /// A state for an evaluation of a request made at `now_unix_ms` with
+    /// `memory_bytes` of linear memory.
+    pub fn new(now_unix_ms: u64, memory_bytes: u64) -> Self {
+        let stdout = MemoryOutputPipe::new(CAPTURE);
+        let stderr = MemoryOutputPipe::new(CAPTURE);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .wall_clock(RequestClock(Duration::from_millis(now_unix_ms)))
+            .monotonic_clock(StoppedClock)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(memory_bytes),
+            logged: Vec::new(),
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl crate::bindings::arbiter::policy::types::Host for GuestState {}
+
+impl crate::bindings::PolicyImports for GuestState {
+    fn log(&mut self, message: String) {
+        if self.logged.len() < PER_EVALUATION {
+            self.logged.push(message);
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! [`Host`]: the wasmtime engine, the loaded modules, and one evaluation.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arbiter_core::policy::{BoxFuture, Fault, FaultKind, Input, Limits, PolicyRuntime, Verdict};
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+};
+
+use crate::bindings::{Policy, PolicyPre};
+use crate::convert;
+use crate::guest::GuestState;
+use crate::logs::{LogLimiter, lines_of};
+
+/// How often the epoch advances: the resolution of time limits.
+const TICK: Duration = Duration::from_millis(2);
+
+/// Settings of the policy host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostConfig {
+    /// Where compiled modules are cached on disk; `None` compiles at every
+    /// start.
+    pub cache_dir: Option<PathBuf>,
+    /// Largest linear memory any evaluation may have (the pool's slot size).
+    pub max_memory_bytes: u64,
+    /// Evaluations running at once; more wait for a slot.
+    pub max_concurrent: u32,
+    /// Wasm stack of one evaluation.
+    pub wasm_stack_bytes: usize,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            max_memory_bytes: 256 << 20,
+            max_concurrent: 64,
+            wasm_stack_bytes: 512 << 10,
+        }
+    }
+}
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the policy host: {0}")]
+pub struct HostError(String);
+
+/// The policy host: compiles modules once and evaluates them in fresh
+/// instances within their limits. Cheap to clone.
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let loaded = self.inner.modules.lock().map(|m| m.len()).unwrap_or_default();
+        f.debug_struct("Host").field("loaded", &loaded).finish()
+    }
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    modules: Mutex<HashMap<String, PolicyPre<GuestState>>>,
+    slots: Arc<Semaphore>,
+    logs: LogLimiter,
+    stop_ticking: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_ticking.store(true, Ordering::Release);
+    }
+}
+
+fn pool(config: &HostConfig) -> PoolingAllocationConfig {
+    let n = config.max_concurrent.max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    // A component holds several core instances (its module, WASI adapter,
+    // shims), each with its memory or tables.
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(16))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(16))
+        .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX))
+        .max_tables_per_module(8)
+        .max_core_instance_size(8 << 20)
+        .max_component_instance_size(8 << 20);
+    pool
+}
+
+fn engine(config: &HostConfig) -> Result<Engine, HostError> {
+    let mut wasm = Config::new();
+    wasm.wasm_component_model(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(config.wasm_stack_bytes)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool(config)));
+    if let Some(dir) = &config.cache_dir {
+        let mut cache = CacheConfig::new();
+        cache.with_directory(dir);
+        let cache =
+            Cache::new(cache).map_err(|e| HostError(format!("module cache in {}: {e}", dir.display())))?;
+        wasm.cache(Some(cache));
+    }
+    Engine::new(&wasm).map_err(|e| HostError(e.to_string()))
+}
+
+/// Advances the engine's epoch every [`TICK`] until told to stop.
+fn start_ticker(engine: Engine, stop: Arc<AtomicBool>) -> Result<(), HostError> {
+    std::thread::Builder::new()
+        .name("arbiter-policy-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(TICK);
+                engine.increment_epoch();
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| HostError(format!("cannot start the epoch thread: {e}")))
+}
+
+/// The first line of an error chain, for messages that clients see.
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
+/// Explains why bytes are not a policy component before wasmtime does.
+fn check_header(module: &[u8]) -> Result<(), String> {
+    match module.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(
+            "is a core WebAssembly module, not a component; build the policy with `cargo build --target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
+                .into(),
+        ),
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(()),
+        _ => Err("is not WebAssembly: it does not start with the \\0asm header".into()),
+    }
+}
+
+impl Host {
+    /// Starts a host: one engine with the pooling allocator, a linker with
+    /// capability-free WASI and the `log` import, and the epoch thread.
+    pub fn new(config: &HostConfig) -> Result<Self, HostError> {
+        let engine = engine(config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| HostError(e.to_string()))?;
+        Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| HostError(e.to_string()))?;
+        let stop_ticking = Arc::new(AtomicBool::new(false));
+        start_ticker(engine.clone(), Arc::clone(&stop_ticking))?;
+        let slots = usize::try_from(config.max_concurrent.max(1)).unwrap_or(1);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                modules: Mutex::new(HashMap::new()),
+                slots: Arc::new(Semaphore::new(slots)),
+                logs: LogLimiter::default(),
+                stop_ticking,
+            }),
+        })
+    }
+
+    /// Compiles and links `module`, keeping it under `digest`. Blocking:
+    /// compiling takes milliseconds to seconds (cached on disk after the
+    /// first time).
+    pub fn load_blocking(&self, digest: &str, module: &[u8]) -> Result<(), String> {
+        if self.is_loaded(digest) {
+            return Ok(());
+        }
+        let pre = self.inner.compile(module)?;
+        self.inner
+            .modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.to_string(), pre);
+        Ok(())
+    }
+
+    /// Evaluates a loaded module on this thread. Blocking.
+    pub fn evaluate_blocking(
+        &self,
+        digest: &str,
+        policy: &str,
+        limits: Limits,
+        input: &Input,
+    ) -> Result<Verdict, Fault> {
+        self.inner.evaluate(digest, policy, limits, input)
+    }
+}
+
+impl Inner {
+    fn compile(&self, module: &[u8]) -> Result<PolicyPre<GuestState>, String> {
+        check_header(module)?;
+        let component = Component::new(&self.engine, module)
+            .map_err(|e| format!("is not a valid component: {}", first_line(&format!("{e:#}"))))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            format!(
+                "imports what policies cannot use ({}); a policy may import only WASI and `log` of arbiter:policy@0.1.0",
+                first_line(&format!("{e:#}"))
+            )
+        })?;
+        PolicyPre::new(pre).map_err(|e| {
+            format!(
+                "is not of the world arbiter:policy/policy@0.1.0 ({}); it must export `evaluate: func(req: request) -> decision`",
+                first_line(&format!("{e:#}"))
+            )
+        })
+    }
+
+    fn evaluate(&self, digest: &str, policy: &str, limits: Limits, input: &Input) -> Result<Verdict, Fault> {
+        let pre = self
+            .modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
+            .ok_or_else(|| Fault::new(FaultKind::Unavailable, format!("module {digest} is not loaded")))?;
+        let mut store = Store::new(
+            &self.engine,
+            GuestState::new(input.now_unix_ms, limits.memory_bytes),
+        );
+        store.limiter(|state| &mut state.limiter);
+        let ticks = limits.timeout.as_millis().div_ceil(TICK.as_millis()) + 1;
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        let request = convert::request(input);
+        let result = pre
+            .instantiate(&mut store)
+            .and_then(|instance| instance.call_evaluate(&mut store, &request));
+        let state = store.data();
+        self.logs.emit(policy, "log", &state.logged);
+        let stdout = lines_of(&state.stdout.contents());
+        let stderr = lines_of(&state.stderr.contents());
+        self.logs.emit(policy, "stdout", &stdout);
+        self.logs.emit(policy, "stderr", &stderr);
+        match result {
+            Ok(decision) => Ok(convert::verdict(decision)),
+            Err(e) => Err(classify(&e, state, limits, &stderr)),
+        }
+    }
+}
+
+/// Names what stopped an evaluation.
+/// `stderr` holds the first lines the policy wrote there: a panic message,
+/// say, which tells the policy's owner what went wrong.
+fn classify(error: &wasmtime::Error, state: &GuestState, limits: Limits, stderr: &[String]) -> Fault {
+    if state.limiter.exceeded() {
+        return Fault::new(
+            FaultKind::Memory,
+            format!(
+                "it needed more than its memory limit of {} bytes; raise memory_limit_bytes or use less memory",
+                state.limiter.limit()
+            ),
+        );
+    }
+    let said = match stderr {
+        [] => String::new(),
+        lines => format!("; it wrote: {}", lines[..lines.len().min(2)].join(" ")),
+    };
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Fault::new(
+            FaultKind::Timeout,
+            format!("it ran past its time limit of {}ms", limits.timeout.as_millis()),
+        ),
+        Some(Trap::StackOverflow) => {
+            Fault::new(FaultKind::Trap, "wasm stack overflow (unbounded recursion?)")
+        }
+        Some(trap) => Fault::new(FaultKind::Trap, format!("{trap}{said}")),
+        None => match error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            Some(exit) => Fault::new(
+                FaultKind::Trap,
+                format!(
+                    "it exited with code {} instead of returning a decision{said}",
+                    exit.0
+                ),
+            ),
+            None => Fault::new(
+                FaultKind::Unavailable,
+                first_line(&format!("{error:#}")).to_string(),
+            ),
+        },
+    }
+}
+
+impl PolicyRuntime for Host {
+    fn load(&self, digest: String, module: Arc<[u8]>) -> BoxFuture<'_, Result<(), String>> {
+        let host = self.clone();
+        Box::pin(async move {
+            if host.is_loaded(&digest) {
+                return Ok(());
+            }
+            tokio::task::spawn_blocking(move || host.load_blocking(&digest, &module))
+                .await
+                .map_err(|e| format!("could not be compiled: {e}"))?
+        })
+    }
+
+    fn is_loaded(&self, digest: &str) -> bool {
+        self.inner
+            .modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(digest)
+    }
+
+    fn evaluate(
+        &self,
+        digest: String,
+        policy: String,
+        limits: Limits,
+        input: Arc<Input>,
+    ) -> BoxFuture<'_, Result<Verdict, Fault>> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let slot = Arc::clone(&inner.slots)
+                .acquire_owned()
+                .await
+                .map_err(|_| Fault::new(FaultKind::Unavailable, "the policy host is shutting down"))?;
+            tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                inner.evaluate(&digest, &policy, limits, &input)
+            })
+            .await
+            .map_err(|e| Fault::new(FaultKind::Unavailable, format!("the evaluation task failed: {e}")))?
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_tell_modules_from_components() {
+        assert!(
+            check_header(b"\0asm\x01\0\0\0rest")
+                .unwrap_err()
+                .contains("core WebAssembly module")
+        );
+        assert!(check_header(b"\0asm\x0d\0\x01\0rest").is_ok());
+        assert!(
+            check_header(b"#!/bin/sh")
+                .unwrap_err()
+                .contains("not WebAssembly")
+        );
+        assert!(check_header(b"").is_err());
+    }
+}

@@ -1,0 +1,45 @@
+//! Arbiter's WebAssembly policy host.
+//!
+//! Tenants upload WebAssembly components of the world `arbiter:policy/policy`
+//! (`policies/wit/arbiter-policy.wit`); [`Host`] runs them for the engine as
+//! its [`arbiter_core::PolicyRuntime`]. It narrows wasmtime to what running
+//! untrusted, short-lived policies needs:
+//!
+//! - **One engine, compile once.** Components are compiled by one
+//!   [`wasmtime::Engine`], kept in memory by content digest as a linked
+//!   `PolicyPre` (an `InstancePre` with every import resolved), and cached
+//!   on disk by wasmtime's content-addressed cache, so a restart loads
+//!   compiled code instead of compiling again.
+//! - **Cheap isolation.** Every evaluation gets a fresh `Store` and a fresh
+//!   instance from the pooling allocator (memory slots reused
+//!   copy-on-write), so no state survives from one request to the next.
+//! - **Limits.** Epoch interruption stops a policy at its time limit; a
+//!   [`limits::MemoryLimiter`] caps its linear memory; the wasm stack is
+//!   bounded, so deep recursion traps instead of crashing the host.
+//! - **No capabilities.** WASI is linked so that any language's standard
+//!   library works, but with no files, sockets, environment or arguments;
+//!   the wall clock reads the request's time; stdout and stderr go to the
+//!   log. The host's `log` import goes to `tracing`, rate-limited.
+//! - **Off the reactor.** Evaluations run on tokio's blocking pool, at most
+//!   as many at once as the pool has instance slots.
+//!
+//! [`cases`] runs a YAML file of request → expected decision cases against
+//! a module: the engine of `arbiter policy test`.
+
+pub mod cases;
+mod convert;
+mod guest;
+mod host;
+pub mod limits;
+mod logs;
+
+pub use host::{Host, HostConfig};
+
+/// The generated host bindings of the `arbiter:policy/policy` world.
+#[allow(unsafe_code, missing_docs, clippy::all)]
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "policy",
+        path: "../../policies/wit",
+    });
+}

@@ -1,0 +1,172 @@
+//! The policy host against real components built from source: the example
+//! policies pass their own cases files, hostile guests are stopped with the
+//! right fault, and compiled modules are cached on disk.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use arbiter_core::policy::{FaultKind, Input, Limits, Object, Operation, Verdict};
+use arbiter_policy::{Host, HostConfig, cases};
+use arbiter_test_guests as guests;
+
+fn host() -> Host {
+    Host::new(&HostConfig::default()).unwrap()
+}
+
+fn cases_of(example: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../policies")
+        .join(example)
+        .join("cases.yaml");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn the_examples_pass_their_cases() {
+    let host = host();
+    for (module, example) in [
+        (guests::VM_GUARD, "vm-guard"),
+        (guests::PROMPT_REVIEW, "prompt-review"),
+        (guests::USER_GUARD, "user-guard"),
+        (guests::REQUIRE_LABELS_PY, "require-labels-py"),
+    ] {
+        let mut out = Vec::new();
+        let report = cases::run(&host, &guests::read(module), &cases_of(example), &mut out).unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(report.failed, 0, "{example}:\n{out}");
+        assert!(report.passed >= 4, "{example}:\n{out}");
+    }
+}
+
+#[test]
+fn a_failing_case_is_reported() {
+    let host = host();
+    let cases = "cases:\n  - name: wrongly expects allow\n    request: {operation: delete, kind: vm, current: {name: n, labels: {env: prod}}}\n    expect: {decision: allow}\n";
+    let mut out = Vec::new();
+    let report = cases::run(&host, &guests::read(guests::VM_GUARD), cases, &mut out).unwrap();
+    assert_eq!((report.passed, report.failed), (0, 1));
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("FAIL  wrongly expects allow: expected allow, got deny/conflict"),
+        "{out}"
+    );
+    assert!(cases::run(&host, b"not wasm", cases, &mut Vec::new()).is_err());
+    assert!(
+        cases::run(
+            &host,
+            &guests::read(guests::VM_GUARD),
+            "cases: [{nme: x}]",
+            &mut Vec::new()
+        )
+        .is_err()
+    );
+}
+
+fn hostile(behaviour: &str) -> Input {
+    Input {
+        operation: Operation::Create,
+        tenant: "acme".into(),
+        principal: "mallory".into(),
+        current: None,
+        proposed: Some(Object {
+            kind: "vm".into(),
+            name: "tenants/acme/vms/x".into(),
+            state: "STOPPED".into(),
+            labels: vec![("hostile".into(), behaviour.into())],
+            spec_json: "{}".into(),
+            revision: 0,
+        }),
+        now_unix_ms: 0,
+    }
+}
+
+#[test]
+fn hostile_guests_are_stopped_with_the_right_fault() {
+    let host = host();
+    host.load_blocking("hostile", &guests::read(guests::HOSTILE))
+        .unwrap();
+    let limits = Limits {
+        timeout: Duration::from_millis(50),
+        memory_bytes: 16 << 20,
+    };
+    for (behaviour, kind) in [
+        ("loop", FaultKind::Timeout),
+        ("memory", FaultKind::Memory),
+        ("recursion", FaultKind::Trap),
+        ("trap", FaultKind::Trap),
+    ] {
+        let started = Instant::now();
+        let fault = host
+            .evaluate_blocking("hostile", "hostile", limits, &hostile(behaviour))
+            .unwrap_err();
+        assert_eq!(fault.kind, kind, "{behaviour}: {}", fault.detail);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{behaviour} took {:?}",
+            started.elapsed()
+        );
+    }
+    let fault = host
+        .evaluate_blocking("hostile", "hostile", limits, &hostile("trap"))
+        .unwrap_err();
+    assert!(
+        fault.detail.contains("panics on purpose"),
+        "stderr is in the detail: {}",
+        fault.detail
+    );
+    let fault = host
+        .evaluate_blocking("hostile", "hostile", limits, &hostile("recursion"))
+        .unwrap_err();
+    assert!(fault.detail.contains("stack overflow"), "{}", fault.detail);
+    // The host is still fine: a well-behaved request gets its answer.
+    let allowed = host
+        .evaluate_blocking("hostile", "hostile", limits, &hostile("none"))
+        .unwrap();
+    assert_eq!(allowed, Verdict::Allow);
+    let patient = Limits {
+        timeout: Duration::from_secs(1),
+        ..limits
+    };
+    let flood = host
+        .evaluate_blocking("hostile", "hostile", patient, &hostile("log-flood"))
+        .unwrap();
+    assert_eq!(flood, Verdict::Allow);
+}
+
+#[test]
+fn uploads_that_are_not_policies_say_why() {
+    let host = host();
+    let wrong = host
+        .load_blocking("wrong", &guests::read(guests::WRONG_WORLD))
+        .unwrap_err();
+    assert!(wrong.contains("arbiter:policy/policy"), "{wrong}");
+    let core = host.load_blocking("core", b"\0asm\x01\0\0\0").unwrap_err();
+    assert!(core.contains("core WebAssembly module"), "{core}");
+}
+
+#[test]
+fn compiled_modules_are_cached_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = HostConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..HostConfig::default()
+    };
+    Host::new(&config)
+        .unwrap()
+        .load_blocking("g", &guests::read(guests::VM_GUARD))
+        .unwrap();
+    let cached = walk(dir.path());
+    assert!(cached > 0, "the compiled module is in the cache dir");
+}
+
+fn walk(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 })
+                .sum()
+        })
+        .unwrap_or(0)
+}
