@@ -103,8 +103,12 @@ fn engine(config: &HostConfig) -> Result<Engine, HostError> {
         .max_wasm_stack(config.wasm_stack_bytes)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool(config)));
     if let Some(dir) = &config.cache_dir {
+        // wasmtime's cache wants an absolute path; the data dir is often
+        // relative (`./arbiter-data`).
+        let dir = std::path::absolute(dir)
+            .map_err(|e| HostError(format!("module cache in {}: {e}", dir.display())))?;
         let mut cache = CacheConfig::new();
-        cache.with_directory(dir);
+        cache.with_directory(&dir);
         let cache =
             Cache::new(cache).map_err(|e| HostError(format!("module cache in {}: {e}", dir.display())))?;
         wasm.cache(Some(cache));

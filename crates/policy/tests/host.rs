@@ -160,6 +160,24 @@ fn compiled_modules_are_cached_on_disk() {
     assert!(cached > 0, "the compiled module is in the cache dir");
 }
 
+#[test]
+fn a_relative_cache_dir_is_fine() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    let up = "../".repeat(cwd.components().count() - 1);
+    let relative = Path::new(&up).join(dir.path().strip_prefix("/").unwrap());
+    assert!(relative.is_relative());
+    let config = HostConfig {
+        cache_dir: Some(relative),
+        ..HostConfig::default()
+    };
+    Host::new(&config)
+        .unwrap()
+        .load_blocking("g", &guests::read(guests::PROMPT_REVIEW))
+        .unwrap();
+    assert!(walk(dir.path()) > 0);
+}
+
 fn walk(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .map(|entries| {
