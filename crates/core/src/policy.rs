@@ -516,8 +516,8 @@ impl Policies {
         Ok(policies)
     }
 
-    /// Whether any policy of the tenant judges `kind` and `operation`; when
-    /// none does, the engine builds no [`Input`].
+    /// The tenant's policies that judge `kind` and `operation`; when there
+    /// are none, the engine builds no [`Input`].
     pub(crate) async fn bound<S: Store>(
         &self,
         store: &S,
@@ -526,16 +526,12 @@ impl Policies {
         operation: Operation,
     ) -> Result<Arc<[Policy]>, Error> {
         let all = self.of_tenant(store, tenant).await?;
-        if all.iter().any(|p| binds(p, kind, operation)) {
-            let bound: Vec<Policy> = all
-                .iter()
-                .filter(|p| binds(p, kind, operation))
-                .cloned()
-                .collect();
-            Ok(bound.into())
-        } else {
-            Ok(Arc::from(Vec::new()))
-        }
+        let bound: Vec<Policy> = all
+            .iter()
+            .filter(|p| binds(p, kind, operation))
+            .cloned()
+            .collect();
+        Ok(bound.into())
     }
 
     /// Makes sure the module `digest` is loaded, reading it from the store
