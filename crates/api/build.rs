@@ -22,13 +22,19 @@ const RPC_PROTOS: &[&str] = &[
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     println!("cargo:rerun-if-changed={}", root.display());
-    let fds = protox::Compiler::new([&root])?
+    let mut compiler = protox::Compiler::new([&root])?;
+    compiler
         .include_imports(true)
         .include_source_info(true)
-        .open_files(PROTOS)?
-        .file_descriptor_set();
+        .open_files(PROTOS)?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("arbiter_descriptor.bin"), fds.encode_to_vec())?;
+    // Encoded by protox itself: prost_types would drop the option
+    // extensions (google.api.http) that the HTTP layer reads.
+    std::fs::write(
+        out.join("arbiter_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+    let fds = compiler.file_descriptor_set();
     // The google.rpc error model is described (for reflection, so that
     // grpcurl and other dynamic clients can decode error details) but not
     // generated: tonic-types provides those types.

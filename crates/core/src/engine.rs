@@ -6,7 +6,7 @@
 //! the object moved; one that did not is re-evaluated on the new state, a
 //! bounded number of times.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +37,8 @@ pub struct EngineConfig {
     pub max_retries: usize,
     /// Policy limits and defaults.
     pub policy: PolicyConfig,
+    /// Tenants whose updates and deletes must carry an etag.
+    pub require_etag: BTreeSet<String>,
 }
 
 impl Default for EngineConfig {
@@ -45,6 +47,7 @@ impl Default for EngineConfig {
             idempotency_ttl: Duration::from_secs(24 * 60 * 60),
             max_retries: 8,
             policy: PolicyConfig::default(),
+            require_etag: BTreeSet::new(),
         }
     }
 }
@@ -594,6 +597,18 @@ impl<S: Store> Engine<S> {
             operation,
         } = target;
         let kind = R::KIND;
+        let conditional = matches!(operation, Operation::Update | Operation::Delete);
+        if conditional && etag.is_empty() && self.config.require_etag.contains(&name.tenant) {
+            return Err(Error::PreconditionRequired {
+                kind,
+                name: name.full(kind),
+                operation: if operation == Operation::Update {
+                    "update"
+                } else {
+                    "delete"
+                },
+            });
+        }
         let (mark, _guard) = match self.begin(&name.tenant, request_id, validate_only).await? {
             Begin::Replay(record) if record.value.is_empty() => return Ok(None),
             Begin::Replay(record) => return self.replayed::<R>(name, &record).map(Some),

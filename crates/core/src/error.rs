@@ -140,6 +140,17 @@ pub enum Error {
         /// The state.
         state: String,
     },
+    /// The tenant requires a precondition on updates and deletes and none
+    /// was given (FAILED_PRECONDITION `PRECONDITION_REQUIRED`).
+    #[error("tenant requires conditional writes: send the etag of {} {name} to {operation} it (If-Match over HTTP)", kind.noun)]
+    PreconditionRequired {
+        /// The kind.
+        kind: &'static Kind,
+        /// The resource.
+        name: String,
+        /// `update` or `delete`.
+        operation: &'static str,
+    },
     /// The caller's token does not grant the tenant (PERMISSION_DENIED
     /// `TENANT_FORBIDDEN`).
     #[error("principal {principal} may not access tenant {tenant}; use a token issued for that tenant")]

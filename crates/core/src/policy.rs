@@ -367,6 +367,12 @@ impl Outcome {
 
 impl PolicyStats {
     fn record(&self, policy: &str, outcome: Outcome, took: Duration) {
+        let labels = [
+            ("policy", policy.to_string()),
+            ("result", outcome.as_str().to_string()),
+        ];
+        metrics::counter!("arbiter_policy_evaluations_total", &labels).increment(1);
+        metrics::histogram!("arbiter_policy_evaluation_seconds", &labels[..1]).record(took.as_secs_f64());
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let entry = counts.entry((policy.to_string(), outcome)).or_default();
         entry.0 += 1;

@@ -48,6 +48,12 @@ pub struct Config {
     pub policy_concurrency: u32,
     /// Where compiled policy modules are cached; default `DATA_DIR/policy-cache`.
     pub policy_cache_dir: Option<PathBuf>,
+    /// Tenants whose updates and deletes must carry an etag (`If-Match`):
+    /// without one they fail with PRECONDITION_REQUIRED (HTTP 428).
+    pub require_preconditions: Vec<String>,
+    /// Public base URL of the HTTP API, for absolute problem type URIs;
+    /// default: built from each request's `Host`.
+    pub public_url: Option<String>,
 }
 
 impl Default for Config {
@@ -64,6 +70,8 @@ impl Default for Config {
             policy_max_module_bytes: 64 << 20,
             policy_concurrency: 64,
             policy_cache_dir: None,
+            require_preconditions: Vec::new(),
+            public_url: None,
         }
     }
 }
@@ -108,6 +116,17 @@ pub struct ServeArgs {
     /// Compiled-module cache [default: DATA_DIR/policy-cache].
     #[arg(long, env = "ARBITER_POLICY_CACHE_DIR", value_name = "DIR")]
     pub policy_cache_dir: Option<PathBuf>,
+    /// Tenants (comma-separated) whose updates and deletes need an etag.
+    #[arg(
+        long,
+        env = "ARBITER_REQUIRE_PRECONDITIONS",
+        value_name = "TENANTS",
+        value_delimiter = ','
+    )]
+    pub require_preconditions: Option<Vec<String>>,
+    /// Public base URL of the HTTP API, for problem type URIs.
+    #[arg(long, env = "ARBITER_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
 }
 
 impl Config {
@@ -147,6 +166,8 @@ impl Config {
             policy_max_module_bytes,
             policy_concurrency,
             policy_cache_dir,
+            require_preconditions,
+            public_url,
         } = args.clone();
         if let Some(v) = data_dir {
             self.data_dir = v;
@@ -180,6 +201,12 @@ impl Config {
         }
         if policy_cache_dir.is_some() {
             self.policy_cache_dir = policy_cache_dir;
+        }
+        if let Some(v) = require_preconditions {
+            self.require_preconditions = v;
+        }
+        if public_url.is_some() {
+            self.public_url = public_url;
         }
     }
 

@@ -8,11 +8,13 @@
 //! - [`services`]: the `arbiter.v1` handlers, one macro for all kinds.
 //! - [`status`]: the one mapping from domain errors to `google.rpc.Status`.
 //! - [`server`]: wiring, [`start`] and graceful stop.
-//! - [`ops`]: `/healthz` and `/readyz` on the HTTP address.
+//! - [`ops`]: the HTTP address: the HTTP/JSON API, `/healthz`, `/readyz`,
+//!   `/metrics`; [`metrics`]: the Prometheus recorder.
 //! - [`telemetry`]: `tracing` setup.
 
 pub mod auth;
 pub mod config;
+pub mod metrics;
 pub mod middleware;
 pub mod ops;
 pub mod server;

@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check a stopped server's data dir: unique indexes agree with objects.
     Check {
         /// The data directory to check.
@@ -47,7 +47,7 @@ enum PolicyCommand {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Serve(args) => block_on(serve(args)),
+        Command::Serve(args) => block_on(serve(*args)),
         Command::Check { data_dir } => block_on(check(data_dir)),
         Command::Policy {
             command: PolicyCommand::Test { module, cases },

@@ -114,8 +114,12 @@ where
                 let response = future.await?;
                 let span = tracing::Span::current();
                 let code = grpc_code(&response);
+                let took = started.elapsed().as_secs_f64();
                 span.record("code", tracing::field::debug(code));
-                span.record("latency_ms", started.elapsed().as_secs_f64() * 1000.0);
+                span.record("latency_ms", took * 1000.0);
+                let labels = [("method", method.clone()), ("code", format!("{code:?}"))];
+                metrics::counter!("arbiter_grpc_requests_total", &labels).increment(1);
+                metrics::histogram!("arbiter_grpc_request_seconds", &labels[..1]).record(took);
                 tracing::info!("rpc finished");
                 Ok(response)
             }

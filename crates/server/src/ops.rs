@@ -1,18 +1,38 @@
-//! The operations endpoints on the HTTP address: `/healthz` (the process
-//! answers) and `/readyz` (the store is open and serving).
+//! The HTTP address: the HTTP/JSON API (`arbiter-http`) plus the
+//! operations endpoints `/healthz` (the process answers), `/readyz` (the
+//! store is open and serving) and `/metrics` (Prometheus).
 
 use std::future::Future;
 
 use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-/// Serves the operations endpoints until `shutdown` completes.
-pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
+/// Serves the API and the operations endpoints until `shutdown` completes.
+pub async fn serve(listener: TcpListener, api: Router, shutdown: impl Future<Output = ()> + Send + 'static) {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }));
+        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/metrics", get(metrics))
+        .merge(api);
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
         tracing::error!(error = %e, "the HTTP server failed");
+    }
+}
+
+async fn metrics() -> impl IntoResponse {
+    match crate::metrics::render() {
+        Some(text) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            text,
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "another metrics recorder is installed in this process\n".to_string(),
+        ),
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::server::HealthReporter;
+use tower::Layer;
 
 use crate::auth::{self, Tokens};
 use crate::config::Config;
@@ -73,6 +74,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let (tokens, admin_token) = load_tokens(&config)?;
+    crate::metrics::install();
     let options = RocksOptions {
         fsync: config.fsync,
         ..RocksOptions::default()
@@ -87,6 +89,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let host = arbiter_policy::Host::new(&config.policy_host())?;
     let engine_config = EngineConfig {
         policy: config.policy(),
+        require_etag: config.require_preconditions.iter().cloned().collect(),
         ..EngineConfig::default()
     };
     let engine = Arc::new(Engine::with_runtime(
@@ -97,6 +100,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let max_upload = usize::try_from(config.policy_max_module_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(1 << 20);
+    let settings = Settings {
+        max_upload,
+        http: arbiter_http::Options {
+            limits: arbiter_http::Limits {
+                // Modules travel base64-encoded in JSON: 4/3 of their size.
+                upload_bytes: max_upload.saturating_mul(4) / 3,
+                ..arbiter_http::Limits::default()
+            },
+            base_url: config.public_url.clone(),
+        },
+    };
     let grpc = TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on {} (grpc_addr)", config.grpc_addr))?;
@@ -105,7 +119,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on {} (http_addr)", config.http_addr))?;
     let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(serve(engine, tokens, grpc, http, stopped, max_upload));
+    let task = tokio::spawn(serve(engine, tokens, grpc, http, stopped, settings));
     tracing::info!(%grpc_addr, %http_addr, data_dir = %config.data_dir.display(), "serving");
     Ok(Running {
         grpc_addr,
@@ -134,33 +148,54 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(arbiter_api::RPC_DESCRIPTOR_SET)
 }
 
+/// What `serve` needs beyond the engine and listeners.
+struct Settings {
+    /// Largest gRPC message of the Policies service.
+    max_upload: usize,
+    /// HTTP API settings.
+    http: arbiter_http::Options,
+}
+
+/// Every gRPC service added to `routes` (which holds health): one set of
+/// routes that both the gRPC server and the HTTP API (in-process) serve.
+fn routes(
+    routes: tonic::service::Routes,
+    engine: &Arc<Engine<RocksStore>>,
+    max_upload: usize,
+) -> anyhow::Result<tonic::service::Routes> {
+    let api = Api::new(Arc::clone(engine));
+    Ok(routes
+        .add_service(reflection_builder().build_v1()?)
+        .add_service(reflection_builder().build_v1alpha()?)
+        .add_service(VirtualMachinesServer::new(api.clone()))
+        .add_service(UsersServer::new(api.clone()))
+        .add_service(PromptsServer::new(api.clone()))
+        .add_service(PoliciesServer::new(api).max_decoding_message_size(max_upload)))
+}
+
 async fn serve(
     engine: Arc<Engine<RocksStore>>,
     tokens: Tokens,
     grpc: TcpListener,
     http: TcpListener,
     stopped: impl Future<Output = Result<(), oneshot::error::RecvError>> + Send + 'static,
-    max_upload: usize,
+    settings: Settings,
 ) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
     set_serving(&reporter).await;
-    let reflection = reflection_builder().build_v1()?;
-    let reflection_alpha = reflection_builder().build_v1alpha()?;
-    let api = Api::new(Arc::clone(&engine));
+    let routes = routes(tonic::service::Routes::new(health), &engine, settings.max_upload)?;
+    let layer = RequestLayer::new(Arc::new(tokens));
+    let in_process = tower::util::BoxCloneSyncService::new(layer.clone().layer(routes.clone()));
+    let pool = arbiter_api::json::pool()?;
+    let api = arbiter_http::router(pool, in_process, settings.http)?;
     let (http_stop, http_stopped) = oneshot::channel::<()>();
-    let http_task = tokio::spawn(crate::ops::serve(http, async {
+    let http_task = tokio::spawn(crate::ops::serve(http, api, async {
         let _ = http_stopped.await;
     }));
     let purge = tokio::spawn(purge_loop(Arc::clone(&engine)));
     let result = tonic::transport::Server::builder()
-        .layer(RequestLayer::new(Arc::new(tokens)))
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
-        .add_service(VirtualMachinesServer::new(api.clone()))
-        .add_service(UsersServer::new(api.clone()))
-        .add_service(PromptsServer::new(api.clone()))
-        .add_service(PoliciesServer::new(api).max_decoding_message_size(max_upload))
+        .layer(layer)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async {
             let _ = stopped.await;
             reporter

@@ -142,6 +142,19 @@ pub fn to_status(error: &Error) -> Status {
             );
             Code::FailedPrecondition
         }
+        Error::PreconditionRequired { name, operation, .. } => {
+            details.set_error_info(
+                "PRECONDITION_REQUIRED",
+                DOMAIN,
+                meta([("resource", name.clone()), ("operation", operation.to_string())]),
+            );
+            details.add_precondition_failure_violation(
+                "ETAG",
+                name.clone(),
+                "this tenant requires the resource's current etag on updates and deletes",
+            );
+            Code::FailedPrecondition
+        }
         Error::TenantForbidden { principal, tenant } => {
             details.set_error_info(
                 "TENANT_FORBIDDEN",

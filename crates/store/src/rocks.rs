@@ -436,7 +436,10 @@ impl Sequencer {
         write.put_cf(cf(&self.db, CF_META)?, REVISION_KEY, revision.to_be_bytes());
         let mut opts = WriteOptions::default();
         opts.set_sync(self.options.fsync);
+        let started = std::time::Instant::now();
         self.db.write_opt(write, &opts).map_err(engine)?;
+        metrics::histogram!("arbiter_store_sync_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("arbiter_store_commit_batch_size").record(batch.len() as f64);
         self.revision.store(revision, Ordering::Release);
         Ok(results)
     }

@@ -9,12 +9,13 @@ use arbiter_api::v1::{
     virtual_machines_server::VirtualMachines, *,
 };
 use arbiter_core::{
-    Caller, CreateRequest, DeleteRequest, Engine, Error, ListRequest, RequestId, TransitionRequest,
-    UpdateRequest,
+    Caller, CreateRequest, DeleteRequest, Engine, Error, Kind, ListRequest, RequestId, Resource,
+    TransitionRequest, UpdateRequest,
 };
 use arbiter_store::Store;
 use prost::Message;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::StatusExt;
 
 use crate::status::to_status;
 
@@ -56,8 +57,25 @@ fn parts<T>(request: Request<T>, resource: &str) -> Result<(Caller, T), Status> 
     Ok((caller, request.into_inner()))
 }
 
-fn reply<T>(result: Result<T, Error>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(|e| to_status(&e))
+/// The response, or the error's status; conflicts are counted by kind and
+/// reason.
+fn reply<T>(kind: &'static Kind, result: Result<T, Error>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(|e| {
+        let status = to_status(&e);
+        if matches!(
+            status.code(),
+            Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition
+        ) {
+            let reason = status
+                .get_error_details()
+                .error_info()
+                .map(|i| i.reason.clone())
+                .unwrap_or_default();
+            let labels = [("kind", kind.singular.to_string()), ("reason", reason)];
+            metrics::counter!("arbiter_conflicts_total", &labels).increment(1);
+        }
+        status
+    })
 }
 
 fn mask_paths(mask: Option<prost_types::FieldMask>) -> Vec<String> {
@@ -88,13 +106,13 @@ macro_rules! resource_service {
                     request_id,
                     validate_only: req.validate_only,
                 };
-                reply(self.engine.$create_with(&caller, create).await)
+                reply(<$ty as Resource>::KIND, self.engine.$create_with(&caller, create).await)
             }
 
             async fn $get(&self, request: Request<$get_req>) -> Result<Response<$ty>, Status> {
                 let name = request.get_ref().name.clone();
                 let (caller, _) = parts(request, &name)?;
-                reply(self.engine.get(&caller, &name).await)
+                reply(<$ty as Resource>::KIND, self.engine.get(&caller, &name).await)
             }
 
             async fn $list(&self, request: Request<$list_req>) -> Result<Response<$list_resp>, Status> {
@@ -107,7 +125,7 @@ macro_rules! resource_service {
                     filter: req.filter,
                 };
                 let page = self.engine.list::<$ty>(&caller, list).await;
-                reply(page.map(|p| $list_resp { $items: p.items, next_page_token: p.next_page_token }))
+                reply(<$ty as Resource>::KIND, page.map(|p| $list_resp { $items: p.items, next_page_token: p.next_page_token }))
             }
 
             async fn $update(&self, request: Request<$update_req>) -> Result<Response<$ty>, Status> {
@@ -120,7 +138,7 @@ macro_rules! resource_service {
                     request_id,
                     validate_only: req.validate_only,
                 };
-                reply(self.engine.$update_with(&caller, update).await)
+                reply(<$ty as Resource>::KIND, self.engine.$update_with(&caller, update).await)
             }
 
             async fn $delete(&self, request: Request<$delete_req>) -> Result<Response<()>, Status> {
@@ -133,7 +151,7 @@ macro_rules! resource_service {
                     request_id,
                     validate_only: req.validate_only,
                 };
-                reply(self.engine.delete::<$ty>(&caller, delete).await)
+                reply(<$ty as Resource>::KIND, self.engine.delete::<$ty>(&caller, delete).await)
             }
 
             $(
@@ -142,7 +160,7 @@ macro_rules! resource_service {
                 let (caller, req) = parts(request, &name)?;
                 let request_id = RequestId::new(req.request_id.clone(), stringify!($verb_fn), &req.encode_to_vec());
                 let transition = TransitionRequest { name: req.name, etag: req.etag, request_id, verb: $verb };
-                reply(self.engine.transition(&caller, transition).await)
+                reply(<$ty as Resource>::KIND, self.engine.transition(&caller, transition).await)
             }
             )*
         }
