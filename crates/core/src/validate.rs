@@ -10,6 +10,9 @@ const MAX_ID: usize = 63;
 /// Most labels on one resource.
 const MAX_LABELS: usize = 64;
 
+/// The pattern [`check_id`] checks.
+pub const ID_PATTERN: &str = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$";
+
 /// Checks an RFC 1123 label: `^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$`.
 pub fn check_id(id: &str) -> Result<(), String> {
     let bytes = id.as_bytes();

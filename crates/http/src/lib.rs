@@ -46,13 +46,18 @@ pub struct Options {
     /// The public base URL of problem types (`https://api.example.com`);
     /// without it, they are built from the request's `Host`.
     pub base_url: Option<String>,
+    /// The pattern of an id (one segment of a resource name) in the
+    /// OpenAPI document; default: any segment.
+    pub id_pattern: Option<String>,
 }
 
 /// The router of the API described by `pool`, served by `grpc`: every
 /// annotated method, `/openapi.json` and `/problems/{reason}`.
 pub fn router(pool: &DescriptorPool, grpc: GrpcService, options: Options) -> Result<Router, RuleError> {
     let routes = rules::routes(pool)?;
-    let document = Arc::new(serde_json::to_vec_pretty(&openapi::document(&routes)).unwrap_or_default());
+    let id_pattern = options.id_pattern.as_deref().unwrap_or("^[^/]+$");
+    let document = openapi::document(&routes, id_pattern);
+    let document = Arc::new(serde_json::to_vec_pretty(&document).unwrap_or_default());
     let gateway = Arc::new(Gateway::new(routes, grpc, options.limits, options.base_url));
     Ok(Router::new()
         .route(

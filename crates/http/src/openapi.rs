@@ -52,7 +52,44 @@ fn scalar(kind: &Kind, seen: &mut BTreeMap<String, MessageDescriptor>) -> Value 
     }
 }
 
+/// `google.api.field_behavior` values of a field.
+fn behaviors(field: &FieldDescriptor) -> Vec<i32> {
+    let Some(ext) = field
+        .parent_pool()
+        .get_extension_by_name("google.api.field_behavior")
+    else {
+        return Vec::new();
+    };
+    let options = field.options();
+    if !options.has_extension(&ext) {
+        return Vec::new();
+    }
+    match options.get_extension(&ext).as_ref() {
+        prost_reflect::Value::List(values) => values
+            .iter()
+            .filter_map(prost_reflect::Value::as_enum_number)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `OUTPUT_ONLY` and `INPUT_ONLY` of `google.api.FieldBehavior`.
+const OUTPUT_ONLY: i32 = 3;
+const INPUT_ONLY: i32 = 4;
+
 fn field_schema(field: &FieldDescriptor, seen: &mut BTreeMap<String, MessageDescriptor>) -> Value {
+    let mut schema = field_shape(field, seen);
+    let behaviors = behaviors(field);
+    if behaviors.contains(&OUTPUT_ONLY) && schema.get("$ref").is_none() {
+        schema["readOnly"] = json!(true);
+    }
+    if behaviors.contains(&INPUT_ONLY) && schema.get("$ref").is_none() {
+        schema["writeOnly"] = json!(true);
+    }
+    schema
+}
+
+fn field_shape(field: &FieldDescriptor, seen: &mut BTreeMap<String, MessageDescriptor>) -> Value {
     if field.is_map()
         && let Kind::Message(entry) = field.kind()
     {
@@ -87,7 +124,7 @@ fn singular(collection: &str) -> String {
 /// The OpenAPI path of a route, with one parameter per wildcard segment
 /// (named after the collection before it), since an OpenAPI parameter
 /// cannot span segments.
-fn path_of(route: &Route) -> (String, Vec<Value>) {
+fn path_of(route: &Route, id_pattern: &str) -> (String, Vec<Value>) {
     let mut path = String::new();
     let mut parameters = Vec::new();
     let mut previous = "id".to_string();
@@ -101,7 +138,7 @@ fn path_of(route: &Route) -> (String, Vec<Value>) {
             path.push_str(&format!("{{{name}}}"));
             parameters.push(json!({
                 "name": name, "in": "path", "required": true,
-                "schema": {"type": "string", "pattern": "^[^/]+$"}
+                "schema": {"type": "string", "pattern": id_pattern}
             }));
         } else {
             path.push_str(&literal);
@@ -146,8 +183,12 @@ fn header(name: &str, description: &str) -> Value {
     json!({"name": name, "in": "header", "required": false, "description": description, "schema": {"type": "string"}})
 }
 
-fn operation(route: &Route, seen: &mut BTreeMap<String, MessageDescriptor>) -> (String, Value) {
-    let (path, mut parameters) = path_of(route);
+fn operation(
+    route: &Route,
+    id_pattern: &str,
+    seen: &mut BTreeMap<String, MessageDescriptor>,
+) -> (String, Value) {
+    let (path, mut parameters) = path_of(route, id_pattern);
     parameters.extend(query_parameters(route, seen));
     let read = route.method == http::Method::GET;
     if read {
@@ -249,12 +290,13 @@ fn problem_schema() -> Value {
     })
 }
 
-/// The document.
-pub fn document(routes: &[Route]) -> Value {
+/// The document. `id_pattern` is the pattern of one path segment of a
+/// resource name (an id).
+pub fn document(routes: &[Route], id_pattern: &str) -> Value {
     let mut seen = BTreeMap::new();
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for route in routes {
-        let (path, op) = operation(route, &mut seen);
+        let (path, op) = operation(route, id_pattern, &mut seen);
         paths
             .entry(path)
             .or_default()
@@ -296,7 +338,7 @@ mod tests {
     fn every_route_is_documented_with_its_problems() {
         let pool = arbiter_api::json::pool().unwrap_or_else(|e| panic!("{e}"));
         let routes = crate::rules::routes(pool).unwrap_or_else(|e| panic!("{e}"));
-        let doc = document(&routes);
+        let doc = document(&routes, "^[^/]+$");
         let start = &doc["paths"]["/v1/tenants/{tenant}/vms/{vm}:start"]["post"];
         assert_eq!(start["operationId"], "StartVirtualMachine");
         assert!(start["responses"]["409"]["content"][PROBLEM].is_object());

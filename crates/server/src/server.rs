@@ -109,6 +109,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 ..arbiter_http::Limits::default()
             },
             base_url: config.public_url.clone(),
+            id_pattern: Some(arbiter_core::validate::ID_PATTERN.to_string()),
         },
     };
     let grpc = TcpListener::bind(config.grpc_addr)
