@@ -5,8 +5,11 @@
 //! Scenarios:
 //! - `create-unique`: every request creates a VM with a fresh name.
 //! - `get`: reads VMs created beforehand.
-//! - `noop`: the gRPC health check, the ceiling of a unary call on the
-//!   same server.
+//! - `noop`: the health check (gRPC `Health/Check`, HTTP `/healthz`), the
+//!   ceiling of a request on the same server.
+//!
+//! `--protocol http` sends the same requests to the HTTP/JSON API instead
+//! of gRPC, to compare the two on one server.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +24,14 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    /// Native gRPC (HTTP/2, protobuf).
+    Grpc,
+    /// The HTTP/JSON API (HTTP/1.1 keep-alive, JSON).
+    Http,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
@@ -41,6 +52,12 @@ struct Args {
     /// gRPC address of the server.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     target: String,
+    /// HTTP address of the server, for `--protocol http`.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    http_target: String,
+    /// Protocol of the measured requests.
+    #[arg(long, value_enum, default_value = "grpc")]
+    protocol: Protocol,
     /// Bearer token (admin or editor of the tenant).
     #[arg(long, env = "ARBITER_TOKEN")]
     token: String,
@@ -86,6 +103,9 @@ impl Tally {
 
 #[derive(Clone)]
 struct Ctx {
+    protocol: Protocol,
+    http: reqwest::Client,
+    http_target: String,
     channel: Channel,
     token: MetadataValue<Ascii>,
     tenant: String,
@@ -121,6 +141,48 @@ impl Ctx {
     }
 
     async fn once(&self) -> Result<(), tonic::Status> {
+        match self.protocol {
+            Protocol::Grpc => self.once_grpc().await,
+            Protocol::Http => self.once_http().await,
+        }
+    }
+
+    /// The HTTP form of the scenario's request; a 409 counts as a conflict.
+    async fn once_http(&self) -> Result<(), tonic::Status> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let request = match self.scenario {
+            Scenario::CreateUnique => self
+                .http
+                .post(format!("{}/v1/tenants/{}/vms?vm_id={}-{n}", self.http_target, self.tenant, self.run))
+                .json(&serde_json::json!({"region": "us-east1", "machineType": "e2-small", "image": "debian-12"})),
+            Scenario::Get => self.http.get(format!(
+                "{}/v1/tenants/{}/vms/{}-k{}",
+                self.http_target,
+                self.tenant,
+                self.run,
+                n % self.keys as u64
+            )),
+            Scenario::Noop => self.http.get(format!("{}/healthz", self.http_target)),
+        };
+        let token = self.token.to_str().unwrap_or_default();
+        let response = request
+            .header("authorization", token)
+            .send()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let status = response.status();
+        response
+            .bytes()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        match status.as_u16() {
+            200..=299 => Ok(()),
+            409 | 412 => Err(tonic::Status::already_exists("conflict")),
+            code => Err(tonic::Status::unknown(format!("HTTP {code}"))),
+        }
+    }
+
+    async fn once_grpc(&self) -> Result<(), tonic::Status> {
         match self.scenario {
             Scenario::CreateUnique => {
                 let n = self.next.fetch_add(1, Ordering::Relaxed);
@@ -194,6 +256,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let run = format!("r{}", std::process::id());
     let base = Ctx {
+        protocol: args.protocol,
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(args.concurrency)
+            .build()?,
+        http_target: args.http_target.clone(),
         channel: channels[0].clone(),
         token: format!("Bearer {}", args.token).parse()?,
         tenant: args.tenant.clone(),
@@ -227,6 +294,7 @@ async fn main() -> anyhow::Result<()> {
     let ms = |q: f64| total.latency.value_at_quantile(q) as f64 / 1000.0;
     let report = serde_json::json!({
         "scenario": format!("{:?}", args.scenario),
+        "protocol": format!("{:?}", args.protocol),
         "concurrency": args.concurrency,
         "seconds": elapsed,
         "requests": requests,
@@ -242,7 +310,8 @@ async fn main() -> anyhow::Result<()> {
         println!("{report}");
     } else {
         println!(
-            "{:<14} conc={:<4} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  ok {} conflicts {} errors {}",
+            "{:<5} {:<14} conc={:<4} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  ok {} conflicts {} errors {}",
+            report["protocol"].as_str().unwrap_or_default(),
             report["scenario"].as_str().unwrap_or_default(),
             args.concurrency,
             requests as f64 / elapsed,

@@ -55,6 +55,9 @@ fn evaluate(c: &mut Criterion) {
         Ok(Verdict::Allow)
     ));
     let mut group = c.benchmark_group("vm-guard");
+    group.bench_function("instantiate only (fixed cost)", |b| {
+        b.iter(|| host.instantiate_blocking("vm-guard", limits))
+    });
     group.bench_function("stop prod VM (deny, labels only)", |b| {
         b.iter(|| host.evaluate_blocking("vm-guard", "bench", limits, &stop))
     });

@@ -43,48 +43,64 @@ impl HostMonotonicClock for StoppedClock {
 
 /// Everything one evaluation's store holds.
 pub struct GuestState {
-    wasi: WasiCtx,
+    /// Built when the policy first calls WASI: many never do, and building
+    /// it is a good part of what an evaluation costs.
+    wasi: Option<WasiCtx>,
+    now_unix_ms: u64,
     table: ResourceTable,
     /// Caps linear memory.
     pub limiter: MemoryLimiter,
     /// Lines from the `log` import.
     pub logged: Vec<String>,
-    /// Captured stdout.
-    pub stdout: MemoryOutputPipe,
-    /// Captured stderr.
-    pub stderr: MemoryOutputPipe,
+    /// Captured stdout and stderr, once WASI is in use.
+    output: Option<(MemoryOutputPipe, MemoryOutputPipe)>,
 }
 
 impl GuestState {
     /// A state for an evaluation of a request made at `now_unix_ms` with
     /// `memory_bytes` of linear memory.
     pub fn new(now_unix_ms: u64, memory_bytes: u64) -> Self {
-        let stdout = MemoryOutputPipe::new(CAPTURE);
-        let stderr = MemoryOutputPipe::new(CAPTURE);
-        let wasi = WasiCtxBuilder::new()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .wall_clock(RequestClock(Duration::from_millis(now_unix_ms)))
-            .monotonic_clock(StoppedClock)
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         Self {
-            wasi,
+            wasi: None,
+            now_unix_ms,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(memory_bytes),
             logged: Vec::new(),
-            stdout,
-            stderr,
+            output: None,
+        }
+    }
+
+    /// What the policy wrote to stdout and to stderr.
+    pub fn output(&self) -> (Vec<u8>, Vec<u8>) {
+        match &self.output {
+            Some((out, err)) => (out.contents().to_vec(), err.contents().to_vec()),
+            None => (Vec::new(), Vec::new()),
         }
     }
 }
 
+/// A WASI context with no capabilities, whose output goes to `output`.
+fn capability_free(now_unix_ms: u64, output: &mut Option<(MemoryOutputPipe, MemoryOutputPipe)>) -> WasiCtx {
+    let stdout = MemoryOutputPipe::new(CAPTURE);
+    let stderr = MemoryOutputPipe::new(CAPTURE);
+    let wasi = WasiCtxBuilder::new()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .wall_clock(RequestClock(Duration::from_millis(now_unix_ms)))
+        .monotonic_clock(StoppedClock)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build();
+    *output = Some((stdout, stderr));
+    wasi
+}
+
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let (now, output) = (self.now_unix_ms, &mut self.output);
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get_or_insert_with(|| capability_free(now, output)),
             table: &mut self.table,
         }
     }

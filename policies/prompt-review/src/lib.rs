@@ -2,6 +2,12 @@
 //! it. Publishing needs a `reviewed-by` label naming a principal other than
 //! the one publishing; otherwise the request is forbidden (403).
 
+#![no_std]
+
+extern crate alloc;
+
+use alloc::format;
+
 use arbiter_policy_sdk::{Decision, Policy, Request, allow, forbidden};
 
 struct PromptReview;

@@ -3,6 +3,13 @@
 //! An email outside [`DOMAINS`] (or their subdomains) is invalid (422), on
 //! create and on update. Edit [`DOMAINS`] for your tenant and rebuild.
 
+#![no_std]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::ToString;
+
 use arbiter_policy_sdk::{Decision, Operation, Policy, Request, allow, invalid};
 
 /// The tenant's email domains; subdomains are allowed too.

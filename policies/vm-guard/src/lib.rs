@@ -5,6 +5,13 @@
 //! - A VM's `machine_type` must be one of [`MACHINE_TYPES`]: anything else is
 //!   invalid (422), on create and on update.
 
+#![no_std]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::ToString;
+
 use arbiter_policy_sdk::{Decision, Operation, Policy, Request, allow, conflict, invalid};
 
 /// The machine types this tenant may use.
