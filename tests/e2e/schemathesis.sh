@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Property-based check of the HTTP API against its own OpenAPI document
-# with schemathesis (PyPI): a bounded number of generated requests per
+# Validates the HTTP API's OpenAPI document (openapi-spec-validator), then
+# checks the API against it with schemathesis (PyPI): a bounded number of generated requests per
 # operation, valid and invalid, must get no 5xx and only responses that
 # the document describes (status codes, content types, schemas).
 # Usage: tests/e2e/schemathesis.sh PATH/TO/arbiter [MAX_EXAMPLES]
@@ -31,6 +31,9 @@ done
 token=$(cat "$work/data/admin.token")
 
 cd "$work"
+python3 -c 'import sys, urllib.request; sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1]).read())' \
+  "http://$addr/openapi.json" >openapi.json
+python3 -m openapi_spec_validator openapi.json
 schemathesis run "http://$addr/openapi.json" \
   --header "Authorization: Bearer $token" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
