@@ -9,26 +9,9 @@ set -euo pipefail
 arbiter=${1:?usage: schemathesis.sh PATH/TO/arbiter [MAX_EXAMPLES]}
 examples=${2:-10}
 
-work=$(mktemp -d)
-log="$work/server.log"
-cleanup() {
-  [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-"$arbiter" serve --data-dir "$work/data" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --log-format json \
-  2>"$log" &
-pid=$!
-addr=""
-for _ in $(seq 1 200); do
-  addr=$(grep -o '"http_addr":"[^"]*"' "$log" | head -n1 | cut -d'"' -f4 || true)
-  [ -n "$addr" ] && break
-  kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; echo "arbiter exited" >&2; exit 1; }
-  sleep 0.05
-done
-[ -n "$addr" ] || { echo "arbiter never logged its address" >&2; exit 1; }
-token=$(cat "$work/data/admin.token")
+source "$(dirname "$0")/server.sh"
+start_arbiter "$arbiter"
+addr=$http_addr
 
 cd "$work"
 python3 -c 'import sys, urllib.request; sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1]).read())' \
