@@ -23,3 +23,7 @@ if ! schemathesis --version 2>/dev/null | grep -q "$schemathesis_version"; then
   echo "installing schemathesis $schemathesis_version (checks the HTTP API against its OpenAPI document)" >&2
   python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version" >&2
 fi
+if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
+  echo "installing kubernetes-validate (validates the Kubernetes manifests)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==1.37.0" >&2
+fi

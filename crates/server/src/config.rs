@@ -267,6 +267,17 @@ mod tests {
     }
 
     #[test]
+    fn the_kubernetes_config_and_tokens_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/overlays/single");
+        let config = Config::from_file(&dir.join("config.toml")).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(config.grpc_addr.to_string(), "0.0.0.0:50051");
+        assert_eq!(config.log_format, LogFormat::Json);
+        let tokens = config.tokens.unwrap_or_default();
+        assert!(tokens.starts_with("/etc/arbiter/tokens"));
+        crate::auth::Tokens::load(&dir.join("tokens.toml")).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         assert!(Config::from_toml("grpc_adr = \"x\"").is_err());
     }

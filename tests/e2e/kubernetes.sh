@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Renders every overlay in deploy/kubernetes/overlays with kustomize (kubectl's
+# built-in one; Debian's kubernetes-client when no kubectl is installed) and
+# validates the result, strictly, against the Kubernetes schemas with
+# kubernetes-validate (PyPI).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+kubernetes_version=${KUBERNETES_VERSION:-1.31.0}
+
+if ! kubectl kustomize --help >/dev/null 2>&1; then
+  echo "installing kubectl (Debian's kubernetes-client) to render the manifests" >&2
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq kubernetes-client >/dev/null
+fi
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+for overlay in deploy/kubernetes/overlays/*/; do
+  name=$(basename "$overlay")
+  kubectl kustomize "$overlay" 2>/dev/null >"$out/$name.yaml"
+  kinds=$(grep -c '^kind:' "$out/$name.yaml")
+  kubernetes-validate --strict --quiet -k "$kubernetes_version" "$out/$name.yaml"
+  echo "overlay $name: $kinds resources valid against Kubernetes $kubernetes_version"
+done
