@@ -2,6 +2,8 @@
 //! real tonic clients that send bearer tokens.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
