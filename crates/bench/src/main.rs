@@ -1,35 +1,53 @@
-//! `arbiter-bench`: drives a running Arbiter over gRPC with a fixed number
-//! of concurrent clients for a fixed time and reports throughput, latency
-//! percentiles, successes and conflicts.
+//! `arbiter-bench`: drives a running Arbiter (over gRPC or its HTTP/JSON
+//! API) or etcd with a fixed number of concurrent clients, for a fixed time
+//! or a fixed number of operations, and reports throughput, latency
+//! percentiles, successes and conflicts as a table line or as JSON.
 //!
-//! Scenarios:
-//! - `create-unique`: every request creates a VM with a fresh name.
-//! - `get`: reads VMs created beforehand.
-//! - `noop`: the health check (gRPC `Health/Check`, HTTP `/healthz`), the
-//!   ceiling of a request on the same server.
+//! Scenarios (the same semantics on every system):
+//! - `create-unique`: every operation creates a VM with a fresh name.
+//! - `create-contended`: groups of `--racers` consecutive operations race to
+//!   create the same name; one wins, the others get a conflict.
+//! - `update-cas`: read-modify-write of a counter label on `--keys` hot VMs,
+//!   guarded by the etag (etcd: `mod_revision`), retried on conflict. After
+//!   the run the counters are summed: every acknowledged update must be
+//!   there (`lost_updates` is reported).
+//! - `get`: reads of `--keys` VMs created beforehand.
+//! - `list`: the first page (`--page-size`) of a tenant's VMs.
+//! - `mixed`: 70% get, 20% update-cas, 10% create-unique.
+//! - `noop`: the gRPC health check (`grpc.health.v1`, which etcd serves
+//!   too; HTTP `/healthz`): the ceiling of a request on the same server.
 //!
-//! `--protocol http` sends the same requests to the HTTP/JSON API instead
-//! of gRPC, to compare the two on one server.
+//! On etcd a VM is the protobuf encoding of the same `VirtualMachine` the
+//! Arbiter client sends, under `/arbiter/tenants/{tenant}/vms/{id}`; create
+//! is a transaction comparing `create_revision == 0` then putting, update
+//! one comparing `mod_revision` then putting.
 
+mod arbiter;
+mod etcd;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use arbiter_api::v1::{
-    CreateVirtualMachineRequest, GetVirtualMachineRequest, VirtualMachine,
-    virtual_machines_client::VirtualMachinesClient,
-};
+use anyhow::{Context, bail};
+use arbiter_api::v1::VirtualMachine;
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum System {
+    /// An Arbiter server.
+    Arbiter,
+    /// An etcd server (v3 API).
+    Etcd,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Protocol {
     /// Native gRPC (HTTP/2, protobuf).
     Grpc,
-    /// The HTTP/JSON API (HTTP/1.1 keep-alive, JSON).
+    /// Arbiter's HTTP/JSON API (HTTP/1.1 keep-alive, JSON).
     Http,
 }
 
@@ -37,48 +55,330 @@ enum Protocol {
 enum Scenario {
     /// Create VMs with fresh names.
     CreateUnique,
+    /// Many clients racing to create the same names.
+    CreateContended,
+    /// Read-modify-write with an etag on a few hot keys, retried on conflict.
+    UpdateCas,
     /// Get existing VMs.
     Get,
-    /// gRPC health check.
+    /// The first page of a tenant's VMs.
+    List,
+    /// 70% get, 20% update-cas, 10% create-unique.
+    Mixed,
+    /// Health check: the ceiling of a unary call.
     Noop,
 }
 
-/// Load generator for Arbiter.
+impl Scenario {
+    /// Keys created before the run when `--keys` is not given.
+    fn default_keys(self) -> usize {
+        match self {
+            Self::UpdateCas => 8,
+            Self::Get | Self::Mixed => 1000,
+            Self::List => 100,
+            Self::CreateUnique | Self::CreateContended | Self::Noop => 0,
+        }
+    }
+}
+
+/// Load generator for Arbiter and etcd.
 #[derive(Debug, Parser)]
 struct Args {
     /// Scenario to run.
     #[arg(long, value_enum)]
     scenario: Scenario,
-    /// gRPC address of the server.
+    /// System under test.
+    #[arg(long, value_enum, default_value = "arbiter")]
+    system: System,
+    /// gRPC address of the server (etcd: its client URL).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     target: String,
-    /// HTTP address of the server, for `--protocol http`.
+    /// HTTP address of Arbiter, for `--protocol http`.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     http_target: String,
-    /// Protocol of the measured requests.
+    /// Protocol of Arbiter's measured requests.
     #[arg(long, value_enum, default_value = "grpc")]
     protocol: Protocol,
-    /// Bearer token (admin or editor of the tenant).
-    #[arg(long, env = "ARBITER_TOKEN")]
+    /// Bearer token for Arbiter (admin, or editor of the tenants).
+    #[arg(long, env = "ARBITER_TOKEN", default_value = "")]
     token: String,
-    /// Tenant to write into.
+    /// Tenant to write into (with `--tenants N`, the prefix of N tenants).
     #[arg(long, default_value = "bench")]
     tenant: String,
-    /// Concurrent requests in flight.
+    /// Spread the VMs over this many tenants, `{tenant}-0` to `{tenant}-{N-1}`.
+    #[arg(long, default_value_t = 1)]
+    tenants: u64,
+    /// Concurrent operations in flight.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// How long to run, in seconds.
+    /// How long to run, in seconds (ignored with `--count`).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Run exactly this many operations instead of `--seconds`.
+    #[arg(long)]
+    count: Option<u64>,
     /// HTTP/2 connections to spread the clients over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Keys prepared for `get`.
+    /// Key space: VMs created before the run for get, list, update-cas and
+    /// mixed (default 1000 for get and mixed, 100 for list, 8 hot keys for
+    /// update-cas).
+    #[arg(long)]
+    keys: Option<usize>,
+    /// For create-contended: how many consecutive operations race for one name.
+    #[arg(long)]
+    racers: Option<u64>,
+    /// Bytes of user data per VM beyond its required fields, carried in its
+    /// display name and labels (at most 4,200).
+    #[arg(long, default_value_t = 0)]
+    payload_bytes: usize,
+    /// Page size of the list scenario.
+    #[arg(long, default_value_t = 50)]
+    page_size: i32,
+    /// Attempts of one update-cas operation before it gives up.
     #[arg(long, default_value_t = 1000)]
-    keys: usize,
-    /// Print the result as JSON.
+    max_attempts: u32,
+    /// Names of this run's VMs start with this (default: `r` + process id).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// How one operation ended, when the system answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Done; `retries` conflicts were retried on the way (update-cas).
+    Ok { retries: u32 },
+    /// Refused as a conflict (name taken, or update-cas out of attempts
+    /// after `retries` conflicts).
+    Conflict { retries: u32 },
+}
+
+/// The result of one operation: an error is anything but success or conflict.
+pub(crate) type OpResult = Result<Outcome, String>;
+
+/// What a VM carries besides its name: the required fields plus
+/// `--payload-bytes` of display name and labels.
+#[derive(Debug, Clone)]
+pub(crate) struct Payload {
+    display_name: String,
+    labels: BTreeMap<String, String>,
+}
+
+/// Label values are at most 63 characters.
+const LABEL_VALUE_MAX: usize = 63;
+/// Display names are at most 256 characters.
+const DISPLAY_NAME_MAX: usize = 256;
+/// Labels available for payload: 64 minus the update-cas counter.
+const PAYLOAD_LABELS: usize = 63;
+/// The label update-cas increments.
+pub(crate) const COUNTER_LABEL: &str = "counter";
+
+impl Payload {
+    fn new(bytes: usize) -> anyhow::Result<Self> {
+        let max = DISPLAY_NAME_MAX + PAYLOAD_LABELS * LABEL_VALUE_MAX;
+        if bytes > max {
+            bail!(
+                "--payload-bytes {bytes} is too large: a VM carries at most {max} bytes of display name and labels"
+            );
+        }
+        let display = bytes.min(DISPLAY_NAME_MAX);
+        let mut rest = bytes - display;
+        let mut labels = BTreeMap::new();
+        let mut i = 0;
+        while rest > 0 {
+            let n = rest.min(LABEL_VALUE_MAX);
+            labels.insert(format!("p{i:02}"), "x".repeat(n));
+            rest -= n;
+            i += 1;
+        }
+        Ok(Self {
+            display_name: "x".repeat(display),
+            labels,
+        })
+    }
+
+    /// The VM a create sends.
+    pub(crate) fn vm(&self, name: String) -> VirtualMachine {
+        VirtualMachine {
+            name,
+            region: "us-east1".into(),
+            machine_type: "e2-small".into(),
+            image: "debian-12".into(),
+            display_name: self.display_name.clone(),
+            labels: self.labels.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The counter label after one more increment.
+pub(crate) fn bump(labels: &mut BTreeMap<String, String>) {
+    let next = labels
+        .get(COUNTER_LABEL)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        + 1;
+    labels.insert(COUNTER_LABEL.into(), next.to_string());
+}
+
+/// A connection to the system under test; cheap to clone.
+#[derive(Clone)]
+pub(crate) enum Client {
+    Grpc(arbiter::Grpc),
+    Http(arbiter::Http),
+    Etcd(Box<etcd::Etcd>),
+}
+
+impl Client {
+    async fn create(&self, tenant: &str, id: &str) -> OpResult {
+        match self {
+            Self::Grpc(c) => c.create(tenant, id).await,
+            Self::Http(c) => c.create(tenant, id).await,
+            Self::Etcd(c) => c.create(tenant, id).await,
+        }
+    }
+
+    async fn get(&self, tenant: &str, id: &str) -> OpResult {
+        match self {
+            Self::Grpc(c) => c.get(tenant, id).await,
+            Self::Http(c) => c.get(tenant, id).await,
+            Self::Etcd(c) => c.get(tenant, id).await,
+        }
+    }
+
+    async fn update_cas(&self, tenant: &str, id: &str, max_attempts: u32) -> OpResult {
+        let mut retries = 0;
+        for _ in 0..max_attempts.max(1) {
+            let done = match self {
+                Self::Grpc(c) => c.try_update(tenant, id).await?,
+                Self::Http(c) => c.try_update(tenant, id).await?,
+                Self::Etcd(c) => c.try_update(tenant, id).await?,
+            };
+            if done {
+                return Ok(Outcome::Ok { retries });
+            }
+            retries += 1;
+        }
+        Ok(Outcome::Conflict { retries })
+    }
+
+    async fn list(&self, tenant: &str, page_size: i32) -> OpResult {
+        match self {
+            Self::Grpc(c) => c.list(tenant, page_size).await,
+            Self::Http(c) => c.list(tenant, page_size).await,
+            Self::Etcd(c) => c.list(tenant, page_size).await,
+        }
+    }
+
+    async fn noop(&self) -> OpResult {
+        match self {
+            Self::Grpc(c) => c.noop().await,
+            Self::Http(c) => c.noop().await,
+            Self::Etcd(c) => c.noop().await,
+        }
+    }
+
+    /// The counter label of a VM (0 when absent).
+    async fn counter(&self, tenant: &str, id: &str) -> anyhow::Result<u64> {
+        let labels = match self {
+            Self::Grpc(c) => c.labels(tenant, id).await,
+            Self::Http(c) => c.labels(tenant, id).await,
+            Self::Etcd(c) => c.labels(tenant, id).await,
+        }
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("reading the counter of {tenant}/{id}"))?;
+        Ok(labels
+            .get(COUNTER_LABEL)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+}
+
+/// Hands out operation numbers until the time or the count runs out.
+struct Budget {
+    next: AtomicU64,
+    count: Option<u64>,
+    until: Instant,
+}
+
+impl Budget {
+    fn take(&self) -> Option<u64> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        match self.count {
+            Some(count) => (n < count).then_some(n),
+            None => (Instant::now() < self.until).then_some(n),
+        }
+    }
+}
+
+/// The run's parameters shared by every worker.
+struct Plan {
+    scenario: Scenario,
+    tenant: String,
+    tenants: u64,
+    run: String,
+    keys: u64,
+    racers: u64,
+    page_size: i32,
+    max_attempts: u32,
+    /// Numbers fresh creates of the mixed scenario.
+    fresh: AtomicU64,
+}
+
+impl Plan {
+    fn tenant(&self, n: u64) -> String {
+        if self.tenants > 1 {
+            format!("{}-{}", self.tenant, n % self.tenants)
+        } else {
+            self.tenant.clone()
+        }
+    }
+
+    fn key(&self, k: u64) -> (String, String) {
+        (self.tenant(k), format!("{}-k{k}", self.run))
+    }
+
+    /// Operation `n` of the run.
+    async fn run_one(&self, client: &Client, n: u64, rng: &mut fastrand::Rng) -> OpResult {
+        match self.scenario {
+            Scenario::CreateUnique => client.create(&self.tenant(n), &format!("{}-{n}", self.run)).await,
+            Scenario::CreateContended => {
+                let group = n / self.racers;
+                client
+                    .create(&self.tenant(group), &format!("{}-c{group}", self.run))
+                    .await
+            }
+            Scenario::UpdateCas => {
+                let (tenant, id) = self.key(rng.u64(0..self.keys));
+                client.update_cas(&tenant, &id, self.max_attempts).await
+            }
+            Scenario::Get => {
+                let (tenant, id) = self.key(rng.u64(0..self.keys));
+                client.get(&tenant, &id).await
+            }
+            Scenario::List => client.list(&self.tenant(n), self.page_size).await,
+            Scenario::Mixed => match rng.u8(0..10) {
+                0 => {
+                    let fresh = self.fresh.fetch_add(1, Ordering::Relaxed);
+                    client
+                        .create(&self.tenant(fresh), &format!("{}-m{fresh}", self.run))
+                        .await
+                }
+                1 | 2 => {
+                    let (tenant, id) = self.key(rng.u64(0..self.keys));
+                    client.update_cas(&tenant, &id, self.max_attempts).await
+                }
+                _ => {
+                    let (tenant, id) = self.key(rng.u64(0..self.keys));
+                    client.get(&tenant, &id).await
+                }
+            },
+            Scenario::Noop => client.noop().await,
+        }
+    }
 }
 
 /// What one worker saw.
@@ -86,222 +386,240 @@ struct Args {
 struct Tally {
     latency: Histogram<u64>,
     ok: u64,
+    /// Operations refused as conflicts plus conflicts retried.
     conflicts: u64,
+    /// Conflicts retried inside update-cas operations.
+    retries: u64,
+    /// Update-cas operations that succeeded (to check for lost updates).
+    updates: u64,
     errors: u64,
+    first_error: Option<String>,
 }
 
 impl Tally {
     fn new() -> anyhow::Result<Self> {
         Ok(Self {
-            latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            latency: Histogram::new_with_bounds(1, 600_000_000, 3)?,
             ok: 0,
             conflicts: 0,
+            retries: 0,
+            updates: 0,
             errors: 0,
-        })
-    }
-}
-
-#[derive(Clone)]
-struct Ctx {
-    protocol: Protocol,
-    http: reqwest::Client,
-    http_target: String,
-    channel: Channel,
-    token: MetadataValue<Ascii>,
-    tenant: String,
-    scenario: Scenario,
-    keys: usize,
-    run: String,
-    next: Arc<AtomicU64>,
-}
-
-impl Ctx {
-    fn vms(&self) -> VirtualMachinesClient<Channel> {
-        VirtualMachinesClient::new(self.channel.clone())
-    }
-
-    fn authed<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request.metadata_mut().insert("authorization", self.token.clone());
-        request
-    }
-
-    fn create(&self, id: String) -> tonic::Request<CreateVirtualMachineRequest> {
-        self.authed(CreateVirtualMachineRequest {
-            parent: format!("tenants/{}", self.tenant),
-            vm_id: id,
-            vm: Some(VirtualMachine {
-                region: "us-east1".into(),
-                machine_type: "e2-small".into(),
-                image: "debian-12".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
+            first_error: None,
         })
     }
 
-    async fn once(&self) -> Result<(), tonic::Status> {
-        match self.protocol {
-            Protocol::Grpc => self.once_grpc().await,
-            Protocol::Http => self.once_http().await,
+    fn add(&mut self, other: &Tally) -> anyhow::Result<()> {
+        self.latency.add(&other.latency)?;
+        self.ok += other.ok;
+        self.conflicts += other.conflicts;
+        self.retries += other.retries;
+        self.updates += other.updates;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&other.first_error);
         }
-    }
-
-    /// The HTTP form of the scenario's request; a 409 counts as a conflict.
-    async fn once_http(&self) -> Result<(), tonic::Status> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let request = match self.scenario {
-            Scenario::CreateUnique => self
-                .http
-                .post(format!("{}/v1/tenants/{}/vms?vm_id={}-{n}", self.http_target, self.tenant, self.run))
-                .json(&serde_json::json!({"region": "us-east1", "machineType": "e2-small", "image": "debian-12"})),
-            Scenario::Get => self.http.get(format!(
-                "{}/v1/tenants/{}/vms/{}-k{}",
-                self.http_target,
-                self.tenant,
-                self.run,
-                n % self.keys as u64
-            )),
-            Scenario::Noop => self.http.get(format!("{}/healthz", self.http_target)),
-        };
-        let token = self.token.to_str().unwrap_or_default();
-        let response = request
-            .header("authorization", token)
-            .send()
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let status = response.status();
-        response
-            .bytes()
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        match status.as_u16() {
-            200..=299 => Ok(()),
-            409 | 412 => Err(tonic::Status::already_exists("conflict")),
-            code => Err(tonic::Status::unknown(format!("HTTP {code}"))),
-        }
-    }
-
-    async fn once_grpc(&self) -> Result<(), tonic::Status> {
-        match self.scenario {
-            Scenario::CreateUnique => {
-                let n = self.next.fetch_add(1, Ordering::Relaxed);
-                self.vms()
-                    .create_virtual_machine(self.create(format!("{}-{n}", self.run)))
-                    .await
-                    .map(drop)
-            }
-            Scenario::Get => {
-                let n = self.next.fetch_add(1, Ordering::Relaxed) % self.keys as u64;
-                let name = format!("tenants/{}/vms/{}-k{n}", self.tenant, self.run);
-                self.vms()
-                    .get_virtual_machine(self.authed(GetVirtualMachineRequest { name }))
-                    .await
-                    .map(drop)
-            }
-            Scenario::Noop => {
-                let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
-                let check = tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                };
-                health.check(check).await.map(drop)
-            }
-        }
+        Ok(())
     }
 }
 
-async fn worker(ctx: Ctx, until: Instant) -> anyhow::Result<Tally> {
+async fn worker(client: Client, plan: Arc<Plan>, budget: Arc<Budget>, seed: u64) -> anyhow::Result<Tally> {
     let mut tally = Tally::new()?;
-    while Instant::now() < until {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    while let Some(n) = budget.take() {
         let start = Instant::now();
-        let result = ctx.once().await;
+        let result = plan.run_one(&client, n, &mut rng).await;
         let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
         tally.latency.saturating_record(micros.max(1));
         match result {
-            Ok(()) => tally.ok += 1,
-            Err(s) if matches!(s.code(), tonic::Code::AlreadyExists | tonic::Code::Aborted) => {
-                tally.conflicts += 1
+            Ok(Outcome::Ok { retries }) => {
+                tally.ok += 1;
+                tally.retries += u64::from(retries);
+                tally.conflicts += u64::from(retries);
+                // Mixed runs do not check for lost updates: their creates
+                // and gets also end in Ok.
+                if plan.scenario == Scenario::UpdateCas {
+                    tally.updates += 1;
+                }
             }
-            Err(_) => tally.errors += 1,
+            Ok(Outcome::Conflict { retries }) => {
+                tally.conflicts += 1 + u64::from(retries);
+                tally.retries += u64::from(retries);
+            }
+            Err(e) => {
+                tally.errors += 1;
+                if tally.first_error.is_none() {
+                    tally.first_error = Some(e);
+                }
+            }
         }
     }
     Ok(tally)
 }
 
-async fn prepare(ctx: &Ctx) -> anyhow::Result<()> {
-    if ctx.scenario != Scenario::Get {
+/// Creates the key space the scenario reads and updates, with every
+/// worker's connection in parallel.
+async fn prepare(clients: &[Client], plan: &Arc<Plan>) -> anyhow::Result<()> {
+    if plan.keys == 0
+        || matches!(
+            plan.scenario,
+            Scenario::CreateUnique | Scenario::CreateContended | Scenario::Noop
+        )
+    {
         return Ok(());
     }
-    for n in 0..ctx.keys {
-        ctx.vms()
-            .create_virtual_machine(ctx.create(format!("{}-k{n}", ctx.run)))
-            .await
-            .with_context(|| format!("preparing key {n}"))?;
+    let mut tasks = tokio::task::JoinSet::new();
+    let lanes = clients.len() as u64;
+    for (lane, client) in clients.iter().enumerate() {
+        let (client, plan) = (client.clone(), plan.clone());
+        tasks.spawn(async move {
+            let mut k = lane as u64;
+            while k < plan.keys {
+                let (tenant, id) = plan.key(k);
+                match client.create(&tenant, &id).await {
+                    Ok(Outcome::Ok { .. }) => {}
+                    Ok(Outcome::Conflict { .. }) => {
+                        bail!("key {tenant}/{id} already exists: pass a fresh --run-id")
+                    }
+                    Err(e) => bail!("preparing key {tenant}/{id}: {e}"),
+                }
+                k += lanes;
+            }
+            Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
     }
     Ok(())
+}
+
+/// Sums the counters of the update-cas keys.
+async fn counted_updates(client: &Client, plan: &Plan) -> anyhow::Result<u64> {
+    let mut sum = 0;
+    for k in 0..plan.keys {
+        let (tenant, id) = plan.key(k);
+        sum += client.counter(&tenant, &id).await?;
+    }
+    Ok(sum)
+}
+
+async fn connect(args: &Args, payload: &Arc<Payload>) -> anyhow::Result<Vec<Client>> {
+    let mut clients = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let client = match (args.system, args.protocol) {
+            (System::Arbiter, Protocol::Grpc) => {
+                Client::Grpc(arbiter::Grpc::connect(&args.target, &args.token, payload.clone()).await?)
+            }
+            (System::Arbiter, Protocol::Http) => Client::Http(arbiter::Http::new(
+                &args.http_target,
+                &args.token,
+                args.concurrency,
+                payload.clone(),
+            )?),
+            (System::Etcd, Protocol::Grpc) => Client::Etcd(Box::new(
+                etcd::Etcd::connect(&args.target, payload.clone()).await?,
+            )),
+            (System::Etcd, Protocol::Http) => {
+                bail!("--protocol http is Arbiter's HTTP/JSON API: use it with --system arbiter")
+            }
+        };
+        clients.push(client);
+    }
+    Ok(clients)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let endpoint = Endpoint::from_shared(args.target.clone())?;
-    let mut channels = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        channels.push(
-            endpoint
-                .connect()
-                .await
-                .with_context(|| format!("cannot connect to {}", args.target))?,
-        );
+    if args.tenants == 0 {
+        bail!("--tenants must be at least 1");
     }
-    let run = format!("r{}", std::process::id());
-    let base = Ctx {
-        protocol: args.protocol,
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(args.concurrency)
-            .build()?,
-        http_target: args.http_target.clone(),
-        channel: channels[0].clone(),
-        token: format!("Bearer {}", args.token).parse()?,
-        tenant: args.tenant.clone(),
+    let payload = Arc::new(Payload::new(args.payload_bytes)?);
+    let clients = connect(&args, &payload).await?;
+    let keys = args.keys.unwrap_or(args.scenario.default_keys());
+    if keys == 0
+        && matches!(
+            args.scenario,
+            Scenario::Get | Scenario::UpdateCas | Scenario::Mixed
+        )
+    {
+        bail!("--keys must be at least 1 for {:?}", args.scenario);
+    }
+    let plan = Arc::new(Plan {
         scenario: args.scenario,
-        keys: args.keys.max(1),
-        run,
-        next: Arc::new(AtomicU64::new(0)),
-    };
-    prepare(&base).await?;
+        tenant: args.tenant.clone(),
+        tenants: args.tenants,
+        run: args
+            .run_id
+            .clone()
+            .unwrap_or_else(|| format!("r{}", std::process::id())),
+        keys: keys as u64,
+        racers: args.racers.unwrap_or(args.concurrency as u64).max(1),
+        page_size: args.page_size,
+        max_attempts: args.max_attempts,
+        fresh: AtomicU64::new(0),
+    });
+    prepare(&clients, &plan).await?;
+
     let started = Instant::now();
-    let until = started + Duration::from_secs(args.seconds);
-    let workers: Vec<_> = (0..args.concurrency)
+    let budget = Arc::new(Budget {
+        next: AtomicU64::new(0),
+        count: args.count,
+        until: started + Duration::from_secs(args.seconds),
+    });
+    let seed = fastrand::u64(..);
+    let workers: Vec<_> = (0..args.concurrency.max(1))
         .map(|i| {
-            let ctx = Ctx {
-                channel: channels[i % channels.len()].clone(),
-                ..base.clone()
-            };
-            tokio::spawn(worker(ctx, until))
+            let client = clients[i % clients.len()].clone();
+            tokio::spawn(worker(
+                client,
+                plan.clone(),
+                budget.clone(),
+                seed.wrapping_add(i as u64),
+            ))
         })
         .collect();
     let mut total = Tally::new()?;
     for w in workers {
-        let t = w.await??;
-        total.latency.add(&t.latency)?;
-        total.ok += t.ok;
-        total.conflicts += t.conflicts;
-        total.errors += t.errors;
+        total.add(&w.await??)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let requests = total.ok + total.conflicts + total.errors;
+
+    let lost_updates = if args.scenario == Scenario::UpdateCas {
+        let counted = counted_updates(&clients[0], &plan).await?;
+        Some(total.updates as i64 - counted as i64)
+    } else {
+        None
+    };
+    let operations = total.ok + (total.conflicts - total.retries) + total.errors;
     let ms = |q: f64| total.latency.value_at_quantile(q) as f64 / 1000.0;
+    let system = match (args.system, args.protocol) {
+        (System::Etcd, _) => "etcd",
+        (System::Arbiter, Protocol::Grpc) => "arbiter-grpc",
+        (System::Arbiter, Protocol::Http) => "arbiter-http",
+    };
+    let scenario = args
+        .scenario
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
     let report = serde_json::json!({
-        "scenario": format!("{:?}", args.scenario),
-        "protocol": format!("{:?}", args.protocol),
+        "system": system,
+        "scenario": scenario,
         "concurrency": args.concurrency,
+        "payload_bytes": args.payload_bytes,
+        "keys": keys,
         "seconds": elapsed,
-        "requests": requests,
-        "throughput_per_s": requests as f64 / elapsed,
+        "operations": operations,
+        "throughput_per_s": operations as f64 / elapsed,
         "ok": total.ok,
+        "ok_per_s": total.ok as f64 / elapsed,
         "conflicts": total.conflicts,
+        "retries": total.retries,
         "errors": total.errors,
+        "first_error": total.first_error,
+        "lost_updates": lost_updates,
         "p50_ms": ms(0.5),
         "p99_ms": ms(0.99),
         "p999_ms": ms(0.999),
@@ -310,18 +628,25 @@ async fn main() -> anyhow::Result<()> {
         println!("{report}");
     } else {
         println!(
-            "{:<5} {:<14} conc={:<4} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  ok {} conflicts {} errors {}",
-            report["protocol"].as_str().unwrap_or_default(),
-            report["scenario"].as_str().unwrap_or_default(),
+            "{system:<13} {scenario:<16} conc={:<4} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  ok {} conflicts {} errors {}{}",
             args.concurrency,
-            requests as f64 / elapsed,
+            operations as f64 / elapsed,
             ms(0.5),
             ms(0.99),
             ms(0.999),
             total.ok,
             total.conflicts,
-            total.errors
+            total.errors,
+            lost_updates
+                .map(|l| format!(" lost updates {l}"))
+                .unwrap_or_default(),
         );
+        if let Some(e) = &total.first_error {
+            println!("  first error: {e}");
+        }
+    }
+    if lost_updates.is_some_and(|l| l != 0) {
+        bail!("lost updates: {lost_updates:?} acknowledged updates are missing from the counters");
     }
     Ok(())
 }

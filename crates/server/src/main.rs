@@ -97,7 +97,7 @@ fn policy_test(module: &Path, cases: &Path) -> anyhow::Result<ExitCode> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::layered(&args)?;
-    arbiter_server::telemetry::init(config.log_format);
+    let _log_writer = arbiter_server::telemetry::init(config.log_format);
     let mut running = arbiter_server::start(config).await?;
     tokio::select! {
         result = running.wait() => {

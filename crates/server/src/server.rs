@@ -16,7 +16,7 @@ use arbiter_store::{RocksOptions, RocksStore};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 use tower::Layer;
 
@@ -197,7 +197,9 @@ async fn serve(
     let result = tonic::transport::Server::builder()
         .layer(layer)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async {
+        // TCP_NODELAY: a response's frames go out in separate writes, which
+        // Nagle's algorithm would hold until the client's delayed ACK.
+        .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), async {
             let _ = stopped.await;
             reporter
                 .set_not_serving::<VirtualMachinesServer<Api<RocksStore>>>()
