@@ -51,3 +51,28 @@ subprocess.run([grpcurl, "-plaintext", "-H", f"authorization: Bearer {token}", "
                stdout=subprocess.DEVNULL)
 PY
 }
+
+# Stops the server (SIGTERM) and starts it again on the same data dir with
+# the same flags; sets startup_ms to the time from exec until it logged its
+# address (the store is open and the listeners are bound by then).
+restart_arbiter() {
+  local arbiter=$1
+  shift
+  kill "$pid" && wait "$pid" || true
+  mv "$work/server.log" "$work/server.log.$(date +%s%N)"
+  local started
+  started=$(date +%s%N)
+  "$arbiter" serve --data-dir "$work/data" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+    --log-format json "$@" 2>"$work/server.log" &
+  pid=$!
+  grpc_addr=""
+  for _ in $(seq 1 6000); do
+    grpc_addr=$(logged_addr grpc_addr)
+    [ -n "$grpc_addr" ] && break
+    kill -0 "$pid" 2>/dev/null || { cat "$work/server.log" >&2; echo "arbiter exited" >&2; return 1; }
+    sleep 0.01
+  done
+  [ -n "$grpc_addr" ] || { echo "arbiter never logged its address" >&2; return 1; }
+  startup_ms=$(( ($(date +%s%N) - started) / 1000000 ))
+  http_addr=$(logged_addr http_addr)
+}

@@ -141,6 +141,10 @@ struct Args {
     /// Names of this run's VMs start with this (default: `r` + process id).
     #[arg(long)]
     run_id: Option<String>,
+    /// The key space exists already, created by an earlier run with the
+    /// same `--run-id`, `--keys` and `--tenants`: do not create it.
+    #[arg(long, requires = "run_id")]
+    prepared: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -560,7 +564,9 @@ async fn main() -> anyhow::Result<()> {
         max_attempts: args.max_attempts,
         fresh: AtomicU64::new(0),
     });
-    prepare(&clients, &plan).await?;
+    if !args.prepared {
+        prepare(&clients, &plan).await?;
+    }
 
     let started = Instant::now();
     let budget = Arc::new(Budget {

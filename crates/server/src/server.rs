@@ -159,7 +159,10 @@ struct Settings {
 
 /// Every gRPC service added to `routes` (which holds health): one set of
 /// routes that both the gRPC server and the HTTP API (in-process) serve.
-fn routes(
+/// The gRPC services of the API on `engine`, added to `routes`: what the
+/// server serves (behind [`RequestLayer`]) and what the HTTP/JSON API
+/// calls in process; the fuzz targets drive the same.
+pub fn routes(
     routes: tonic::service::Routes,
     engine: &Arc<Engine<RocksStore>>,
     max_upload: usize,

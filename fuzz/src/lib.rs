@@ -1,0 +1,60 @@
+//! The server's service stack for the fuzz targets: the gRPC services on an
+//! engine over a real RocksDB store in a temporary directory (fsync off),
+//! behind the same authentication layer, plus the HTTP/JSON router that
+//! calls them in process. Built once per fuzzing process.
+
+use std::sync::{Arc, OnceLock};
+
+use arbiter_core::{Engine, EngineConfig};
+use arbiter_http::GrpcService;
+use arbiter_server::auth::Tokens;
+use arbiter_server::middleware::RequestLayer;
+use arbiter_store::{RocksOptions, RocksStore};
+use tower::Layer;
+
+/// The bearer token the stack accepts (an admin of every tenant).
+pub const TOKEN: &str = "fuzz-admin-token";
+
+/// What the targets call.
+pub struct Stack {
+    /// Runs the services' futures.
+    pub runtime: tokio::runtime::Runtime,
+    /// The gRPC services behind the authentication layer.
+    pub grpc: GrpcService,
+    /// The HTTP/JSON API.
+    pub http: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+/// The process-wide stack, built on first use.
+pub fn stack() -> &'static Stack {
+    static STACK: OnceLock<Stack> = OnceLock::new();
+    STACK.get_or_init(|| build().unwrap_or_else(|e| panic!("cannot build the fuzzing stack: {e}")))
+}
+
+fn build() -> Result<Stack, Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let dir = tempfile::tempdir()?;
+    let options = RocksOptions {
+        fsync: false,
+        ..RocksOptions::default()
+    };
+    let (grpc, http) = runtime.block_on(async {
+        let store = RocksStore::open(dir.path(), options)?;
+        let engine = Arc::new(Engine::new(Arc::new(store), EngineConfig::default()));
+        let (_, health) = tonic_health::server::health_reporter();
+        let routes = arbiter_server::server::routes(tonic::service::Routes::new(health), &engine, 1 << 20)?;
+        let layer = RequestLayer::new(Arc::new(Tokens::admin(TOKEN)));
+        let grpc = GrpcService::new(layer.layer(routes));
+        let http = arbiter_http::router(arbiter_api::json::pool()?, grpc.clone(), Default::default())?;
+        Ok::<_, Box<dyn std::error::Error>>((grpc, http))
+    })?;
+    Ok(Stack {
+        runtime,
+        grpc,
+        http,
+        _dir: dir,
+    })
+}
