@@ -19,9 +19,15 @@ if ! python3 -c 'import openapi_spec_validator' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check "openapi-spec-validator==0.9.0" >&2
 fi
 schemathesis_version=4.32.5
-if ! schemathesis --version 2>/dev/null | grep -q "$schemathesis_version"; then
+# Hypothesis is pinned too: newer releases (6.170) describe lambdas by parsing source
+# with `ast` deeply enough to hit a CPython 3.11 recursion-depth bug
+# ("AST constructor recursion depth mismatch") inside schemathesis.
+hypothesis_version=6.151.14
+if ! schemathesis --version 2>/dev/null | grep -q "$schemathesis_version" ||
+  ! python3 -c "import hypothesis, sys; sys.exit(hypothesis.__version__ != '$hypothesis_version')" 2>/dev/null; then
   echo "installing schemathesis $schemathesis_version (checks the HTTP API against its OpenAPI document)" >&2
-  python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version" \
+    "hypothesis==$hypothesis_version" >&2
 fi
 if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
   echo "installing kubernetes-validate (validates the Kubernetes manifests)" >&2
