@@ -18,23 +18,29 @@ logged_addr() {
   grep -o "\"$1\":\"[^\"]*\"" "$work/server.log" | head -n1 | cut -d'"' -f4 || true
 }
 
-start_arbiter() {
+# Runs the server on $work/data in the background and waits (up to 60 s)
+# until it has logged its addresses; sets pid, grpc_addr and http_addr.
+launch_arbiter() {
   local arbiter=$1
   shift
-  work=$(mktemp -d)
-  trap cleanup_arbiter EXIT
   "$arbiter" serve --data-dir "$work/data" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
     --log-format json "$@" 2>"$work/server.log" &
   pid=$!
   grpc_addr=""
-  for _ in $(seq 1 400); do
+  for _ in $(seq 1 6000); do
     grpc_addr=$(logged_addr grpc_addr)
     [ -n "$grpc_addr" ] && break
     kill -0 "$pid" 2>/dev/null || { cat "$work/server.log" >&2; echo "arbiter exited" >&2; return 1; }
-    sleep 0.05
+    sleep 0.01
   done
   [ -n "$grpc_addr" ] || { echo "arbiter never logged its address" >&2; return 1; }
   http_addr=$(logged_addr http_addr)
+}
+
+start_arbiter() {
+  work=$(mktemp -d)
+  trap cleanup_arbiter EXIT
+  launch_arbiter "$@"
   token=$(cat "$work/data/admin.token")
 }
 
@@ -56,23 +62,10 @@ PY
 # the same flags; sets startup_ms to the time from exec until it logged its
 # address (the store is open and the listeners are bound by then).
 restart_arbiter() {
-  local arbiter=$1
-  shift
   kill "$pid" && wait "$pid" || true
   mv "$work/server.log" "$work/server.log.$(date +%s%N)"
   local started
   started=$(date +%s%N)
-  "$arbiter" serve --data-dir "$work/data" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
-    --log-format json "$@" 2>"$work/server.log" &
-  pid=$!
-  grpc_addr=""
-  for _ in $(seq 1 6000); do
-    grpc_addr=$(logged_addr grpc_addr)
-    [ -n "$grpc_addr" ] && break
-    kill -0 "$pid" 2>/dev/null || { cat "$work/server.log" >&2; echo "arbiter exited" >&2; return 1; }
-    sleep 0.01
-  done
-  [ -n "$grpc_addr" ] || { echo "arbiter never logged its address" >&2; return 1; }
+  launch_arbiter "$@"
   startup_ms=$(( ($(date +%s%N) - started) / 1000000 ))
-  http_addr=$(logged_addr http_addr)
 }
