@@ -500,7 +500,9 @@ async fn uploads_are_validated_and_admin_only() {
     server.stop().await;
 }
 
-/// A hostile policy, bound to VM creates, with a 100ms time limit.
+/// A hostile policy, bound to VM creates, with a 100ms time limit and an
+/// 8 MiB memory limit (small, so that the memory bomb reaches it well
+/// within the time limit even on a loaded machine).
 fn hostile(failure: FailurePolicy) -> Policy {
     let mut p = policy(guests::HOSTILE, &["vm"]);
     p.operations = vec![Operation::Create as i32];
@@ -509,6 +511,7 @@ fn hostile(failure: FailurePolicy) -> Policy {
         seconds: 0,
         nanos: 100_000_000,
     });
+    p.memory_limit_bytes = 8 << 20;
     p
 }
 
