@@ -142,7 +142,8 @@ pub struct Http {
     client: reqwest::Client,
     base: String,
     authorization: String,
-    payload: Arc<Payload>,
+    /// The JSON body of every create, encoded once.
+    create_body: bytes::Bytes,
 }
 
 /// Maps an HTTP status to the benchmark's outcome: 409 and 412 are
@@ -157,27 +158,40 @@ fn http_outcome(status: reqwest::StatusCode, body: &[u8]) -> OpResult {
 
 impl Http {
     pub fn new(base: &str, token: &str, pool: usize, payload: Arc<Payload>) -> anyhow::Result<Self> {
+        let vm = payload.vm(String::new());
+        let create_body = serde_json::to_vec(&serde_json::json!({
+            "region": vm.region,
+            "machineType": vm.machine_type,
+            "image": vm.image,
+            "displayName": vm.display_name,
+            "labels": vm.labels,
+        }))?;
         Ok(Self {
             client: reqwest::Client::builder().pool_max_idle_per_host(pool).build()?,
             base: base.trim_end_matches('/').to_string(),
             authorization: format!("Bearer {token}"),
-            payload,
+            create_body: create_body.into(),
         })
     }
 
+    /// Sends `request`; returns the status, the ETag (if any) and the body.
     async fn send(
         &self,
         request: reqwest::RequestBuilder,
-    ) -> Result<(reqwest::StatusCode, reqwest::header::HeaderMap, Vec<u8>), String> {
+    ) -> Result<(reqwest::StatusCode, Option<String>, bytes::Bytes), String> {
         let response = request
             .header("authorization", &self.authorization)
             .send()
             .await
             .map_err(|e| e.to_string())?;
         let status = response.status();
-        let headers = response.headers().clone();
+        let etag = response
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = response.bytes().await.map_err(|e| e.to_string())?;
-        Ok((status, headers, body.to_vec()))
+        Ok((status, etag, body))
     }
 
     fn vm_url(&self, tenant: &str, id: &str) -> String {
@@ -185,16 +199,13 @@ impl Http {
     }
 
     pub async fn create(&self, tenant: &str, id: &str) -> OpResult {
-        let vm = self.payload.vm(String::new());
-        let body = serde_json::json!({
-            "region": vm.region,
-            "machineType": vm.machine_type,
-            "image": vm.image,
-            "displayName": vm.display_name,
-            "labels": vm.labels,
-        });
         let url = format!("{}/v1/tenants/{tenant}/vms?vm_id={id}", self.base);
-        let (status, _, body) = self.send(self.client.post(url).json(&body)).await?;
+        let request = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(self.create_body.clone());
+        let (status, _, body) = self.send(request).await?;
         http_outcome(status, &body)
     }
 
@@ -205,13 +216,9 @@ impl Http {
 
     /// GET, then PATCH with `If-Match`; `Ok(false)` on 412.
     pub async fn try_update(&self, tenant: &str, id: &str) -> Result<bool, String> {
-        let (status, headers, body) = self.send(self.client.get(self.vm_url(tenant, id))).await?;
+        let (status, etag, body) = self.send(self.client.get(self.vm_url(tenant, id))).await?;
         http_outcome(status, &body)?;
-        let etag = headers
-            .get("etag")
-            .and_then(|v| v.to_str().ok())
-            .ok_or("the GET response has no ETag")?
-            .to_string();
+        let etag = etag.ok_or("the GET response has no ETag")?;
         let mut labels = labels_of(&body)?;
         bump(&mut labels);
         let request = self

@@ -390,8 +390,9 @@ impl Plan {
 struct Tally {
     latency: Histogram<u64>,
     ok: u64,
-    /// Operations refused as conflicts plus conflicts retried.
-    conflicts: u64,
+    /// Operations refused as conflicts (taken names, update-cas out of
+    /// attempts); the report's conflicts are these plus `retries`.
+    refused: u64,
     /// Conflicts retried inside update-cas operations.
     retries: u64,
     /// Update-cas operations that succeeded (to check for lost updates).
@@ -405,7 +406,7 @@ impl Tally {
         Ok(Self {
             latency: Histogram::new_with_bounds(1, 600_000_000, 3)?,
             ok: 0,
-            conflicts: 0,
+            refused: 0,
             retries: 0,
             updates: 0,
             errors: 0,
@@ -416,7 +417,7 @@ impl Tally {
     fn add(&mut self, other: &Tally) -> anyhow::Result<()> {
         self.latency.add(&other.latency)?;
         self.ok += other.ok;
-        self.conflicts += other.conflicts;
+        self.refused += other.refused;
         self.retries += other.retries;
         self.updates += other.updates;
         self.errors += other.errors;
@@ -439,7 +440,6 @@ async fn worker(client: Client, plan: Arc<Plan>, budget: Arc<Budget>, seed: u64)
             Ok(Outcome::Ok { retries }) => {
                 tally.ok += 1;
                 tally.retries += u64::from(retries);
-                tally.conflicts += u64::from(retries);
                 // Mixed runs do not check for lost updates: their creates
                 // and gets also end in Ok.
                 if plan.scenario == Scenario::UpdateCas {
@@ -447,7 +447,7 @@ async fn worker(client: Client, plan: Arc<Plan>, budget: Arc<Budget>, seed: u64)
                 }
             }
             Ok(Outcome::Conflict { retries }) => {
-                tally.conflicts += 1 + u64::from(retries);
+                tally.refused += 1;
                 tally.retries += u64::from(retries);
             }
             Err(e) => {
@@ -598,7 +598,8 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    let operations = total.ok + (total.conflicts - total.retries) + total.errors;
+    let operations = total.ok + total.refused + total.errors;
+    let conflicts = total.refused + total.retries;
     let ms = |q: f64| total.latency.value_at_quantile(q) as f64 / 1000.0;
     let system = match (args.system, args.protocol) {
         (System::Etcd, _) => "etcd",
@@ -621,7 +622,7 @@ async fn main() -> anyhow::Result<()> {
         "throughput_per_s": operations as f64 / elapsed,
         "ok": total.ok,
         "ok_per_s": total.ok as f64 / elapsed,
-        "conflicts": total.conflicts,
+        "conflicts": conflicts,
         "retries": total.retries,
         "errors": total.errors,
         "first_error": total.first_error,
@@ -641,7 +642,7 @@ async fn main() -> anyhow::Result<()> {
             ms(0.99),
             ms(0.999),
             total.ok,
-            total.conflicts,
+            conflicts,
             total.errors,
             lost_updates
                 .map(|l| format!(" lost updates {l}"))
