@@ -1,5 +1,5 @@
 # Installs what the build needs when it is missing: clang and libclang for
-# RocksDB's bindings, protoc for the benchmark's etcd client, the
+# RocksDB's bindings, protoc for the etcd client, etcd for the tests, the
 # wasm32-wasip2 target for policies, and componentize-py for the Python
 # example policy. Sourced by scripts/serve, scripts/test and the benchmark
 # scripts.
@@ -8,8 +8,10 @@ set -euo pipefail
 need_apt=()
 command -v clang >/dev/null 2>&1 || need_apt+=(clang)
 ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' || need_apt+=(libclang-dev)
-# protoc compiles etcd's API for the benchmark's etcd client.
+# protoc compiles etcd's API for the etcd client (store and benchmark).
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+# A real etcd for the etcd engine's tests and the benchmarks.
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} (needed by the build)" >&2
   sudo_cmd=""

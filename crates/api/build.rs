@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "arbiter/v1/users.proto",
     "arbiter/v1/prompts.proto",
     "arbiter/v1/policies.proto",
+    "arbiter/v1/changes.proto",
 ];
 
 const RPC_PROTOS: &[&str] = &[
@@ -20,7 +21,9 @@ const RPC_PROTOS: &[&str] = &[
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time, not compiled in: the same build script binary may
+    // serve another checkout of the workspace (cargo shares it by hash).
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut compiler = protox::Compiler::new([&root])?;
     compiler

@@ -24,6 +24,7 @@
 
 mod arbiter;
 mod etcd;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -90,9 +91,10 @@ struct Args {
     /// System under test.
     #[arg(long, value_enum, default_value = "arbiter")]
     system: System,
-    /// gRPC address of the server (etcd: its client URL).
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    target: String,
+    /// gRPC address of the server (etcd: its client URL); several,
+    /// comma-separated, spread the connections over replicas.
+    #[arg(long, default_value = "http://127.0.0.1:50051", value_delimiter = ',')]
+    target: Vec<String>,
     /// HTTP address of Arbiter, for `--protocol http`.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     http_target: String,
@@ -145,6 +147,10 @@ struct Args {
     /// same `--run-id`, `--keys` and `--tenants`: do not create it.
     #[arg(long, requires = "run_id")]
     prepared: bool,
+    /// Watch streams (Arbiter gRPC) to open on the written tenants before
+    /// the run; the report adds what they received and how late.
+    #[arg(long, default_value_t = 0)]
+    watchers: usize,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -510,10 +516,14 @@ async fn counted_updates(client: &Client, plan: &Plan) -> anyhow::Result<u64> {
 
 async fn connect(args: &Args, payload: &Arc<Payload>) -> anyhow::Result<Vec<Client>> {
     let mut clients = Vec::new();
-    for _ in 0..args.connections.max(1) {
+    if args.target.is_empty() {
+        bail!("--target needs at least one address");
+    }
+    for i in 0..args.connections.max(1) {
+        let target = &args.target[i % args.target.len()];
         let client = match (args.system, args.protocol) {
             (System::Arbiter, Protocol::Grpc) => {
-                Client::Grpc(arbiter::Grpc::connect(&args.target, &args.token, payload.clone()).await?)
+                Client::Grpc(arbiter::Grpc::connect(target, &args.token, payload.clone()).await?)
             }
             (System::Arbiter, Protocol::Http) => Client::Http(arbiter::Http::new(
                 &args.http_target,
@@ -521,9 +531,9 @@ async fn connect(args: &Args, payload: &Arc<Payload>) -> anyhow::Result<Vec<Clie
                 args.concurrency,
                 payload.clone(),
             )?),
-            (System::Etcd, Protocol::Grpc) => Client::Etcd(Box::new(
-                etcd::Etcd::connect(&args.target, payload.clone()).await?,
-            )),
+            (System::Etcd, Protocol::Grpc) => {
+                Client::Etcd(Box::new(etcd::Etcd::connect(target, payload.clone()).await?))
+            }
             (System::Etcd, Protocol::Http) => {
                 bail!("--protocol http is Arbiter's HTTP/JSON API: use it with --system arbiter")
             }
@@ -568,6 +578,16 @@ async fn main() -> anyhow::Result<()> {
         prepare(&clients, &plan).await?;
     }
 
+    let watchers = if args.watchers > 0 {
+        if (args.system, args.protocol) != (System::Arbiter, Protocol::Grpc) {
+            bail!("--watchers watches Arbiter over gRPC: use it with --system arbiter --protocol grpc");
+        }
+        let tenants: Vec<String> = (0..args.tenants).map(|n| plan.tenant(n)).collect();
+        Some(watch::start(&args.target, &args.token, &tenants, args.watchers).await?)
+    } else {
+        None
+    };
+
     let started = Instant::now();
     let budget = Arc::new(Budget {
         next: AtomicU64::new(0),
@@ -591,6 +611,13 @@ async fn main() -> anyhow::Result<()> {
         total.add(&w.await??)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let watched = match watchers {
+        Some(w) => {
+            let expected = total.ok * args.watchers as u64 / args.tenants.max(1);
+            Some(w.finish(expected, Duration::from_secs(15)).await)
+        }
+        None => None,
+    };
 
     let lost_updates = if args.scenario == Scenario::UpdateCas {
         let counted = counted_updates(&clients[0], &plan).await?;
@@ -631,6 +658,17 @@ async fn main() -> anyhow::Result<()> {
         "p99_ms": ms(0.99),
         "p999_ms": ms(0.999),
     });
+    let mut report = report;
+    if let Some(w) = &watched {
+        let delay = w.delay.lock().await;
+        let events = w.events.load(Ordering::Relaxed);
+        report["watchers"] = args.watchers.into();
+        report["watch_events"] = events.into();
+        report["watch_events_per_s"] = (events as f64 / elapsed).into();
+        report["watch_delay_p50_ms"] = (delay.value_at_quantile(0.5) as f64 / 1000.0).into();
+        report["watch_delay_p99_ms"] = (delay.value_at_quantile(0.99) as f64 / 1000.0).into();
+        report["watch_failures"] = w.failures.load(Ordering::Relaxed).into();
+    }
     if args.json {
         println!("{report}");
     } else {
@@ -650,6 +688,17 @@ async fn main() -> anyhow::Result<()> {
         );
         if let Some(e) = &total.first_error {
             println!("  first error: {e}");
+        }
+        if watched.is_some() {
+            println!(
+                "  watchers {}: {} changes, {:.0}/s, delay p50 {:.2} ms p99 {:.2} ms, failed streams {}",
+                args.watchers,
+                report["watch_events"],
+                report["watch_events_per_s"].as_f64().unwrap_or_default(),
+                report["watch_delay_p50_ms"].as_f64().unwrap_or_default(),
+                report["watch_delay_p99_ms"].as_f64().unwrap_or_default(),
+                report["watch_failures"],
+            );
         }
     }
     if lost_updates.is_some_and(|l| l != 0) {

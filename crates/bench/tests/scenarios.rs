@@ -95,6 +95,17 @@ async fn scenarios_keep_their_promises_over_grpc_and_http() {
     .await;
     assert_eq!(report["ok"], 50, "{report}");
 
+    // Watchers on the written tenant receive every create.
+    let report = run(
+        "grpc",
+        "create-unique",
+        &["--count", "200", "--watchers", "4", "--tenant", "watched"],
+    )
+    .await;
+    assert_eq!(report["watch_events"], 800, "{report}");
+    assert_eq!(report["watch_failures"], 0, "{report}");
+    assert!(report["watch_delay_p99_ms"].as_f64().unwrap() > 0.0, "{report}");
+
     running.stop().await.unwrap();
 }
 

@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arbiter_api::v1::{Prompt, User, VirtualMachine};
 use arbiter_store::{
-    ChangeMeta, CommitError, Expect, IdempotencyMark, IdempotencyRecord, Mutation, Scan, Store, Versioned,
+    ChangeMeta, Claim, Commit, CommitError, Expect, IdempotencyMark, IdempotencyRecord, Scan, Store,
+    Versioned, Write,
 };
 use prost_types::Timestamp;
 use sha2::{Digest, Sha256};
@@ -218,7 +219,7 @@ fn current_of<R: Resource>(r: &R) -> Current {
     }
 }
 
-fn decode<R: Resource>(key: &[u8], stored: &Versioned) -> Result<R, Error> {
+pub(crate) fn decode<R: Resource>(key: &[u8], stored: &Versioned) -> Result<R, Error> {
     let mut r = R::decode(stored.value.as_slice())
         .map_err(|e| Error::storage("decoding a stored resource", format!("{e} at {key:?}")))?;
     let meta = r.meta_mut();
@@ -438,16 +439,28 @@ impl<S: Store> Engine<S> {
             }
             return Ok(r);
         }
-        let mutation = Mutation {
+        let value = encode(&r);
+        let mut writes = vec![Write {
             key: key.clone(),
             expect: Expect::Absent,
-            value: Some(encode(&r)),
-            claims: uniques.iter().map(|u| u.key.clone()).collect(),
-            releases: Vec::new(),
+            value: Some(value.clone()),
+            operation: "create".into(),
+        }];
+        writes.extend(markers::<R>(&name.tenant));
+        let commit = Commit {
+            writes,
+            claims: uniques
+                .iter()
+                .map(|u| Claim {
+                    key: u.key.clone(),
+                    owner: key.clone(),
+                })
+                .collect(),
             change: self.change(caller, &req.request_id, ms),
-            idempotency: mark,
+            idempotency: mark.map(|m| m.with_outcome(value)),
+            ..Commit::default()
         };
-        match self.store.commit(mutation).await {
+        match self.store.commit(commit).await {
             Ok(done) => {
                 self.committed::<R>(&name.tenant);
                 let meta = r.meta_mut();
@@ -457,6 +470,7 @@ impl<S: Store> Engine<S> {
             }
             Err(CommitError::Conflict {
                 current: Some(existing),
+                ..
             }) => Err(self.exists::<R>(&name, &key, &existing)),
             Err(CommitError::Taken { key, owner }) => {
                 let u = uniques.iter().find(|u| u.key == key);
@@ -465,6 +479,7 @@ impl<S: Store> Engine<S> {
                     |u| taken::<R>(&name, u, &owner),
                 ))
             }
+            Err(CommitError::Recorded(record)) => self.replay_recorded::<R>(&name, &req.request_id, &record),
             Err(e) => Err(Error::storage("creating the resource", e)),
         }
     }
@@ -480,6 +495,7 @@ impl<S: Store> Engine<S> {
         let etag = req.resource.meta().etag.to_string();
         let target = Target {
             caller,
+            verb: "update",
             name: &name,
             etag: &etag,
             request_id: &req.request_id,
@@ -508,6 +524,7 @@ impl<S: Store> Engine<S> {
         invalid(check_request_id(&req.request_id.id).err().into_iter().collect())?;
         let target = Target {
             caller,
+            verb: "delete",
             name: &name,
             etag: &req.etag,
             request_id: &req.request_id,
@@ -545,6 +562,7 @@ impl<S: Store> Engine<S> {
         })?;
         let target = Target {
             caller,
+            verb: transition.verb,
             name: &name,
             etag: &req.etag,
             request_id: &req.request_id,
@@ -590,6 +608,7 @@ impl<S: Store> Engine<S> {
     ) -> Result<Option<R>, Error> {
         let Target {
             caller,
+            verb,
             name,
             etag,
             request_id,
@@ -619,7 +638,8 @@ impl<S: Store> Engine<S> {
         loop {
             let (stored, current) = self.read::<R>(name).await?;
             if !etag.is_empty() && !etag_matches(etag, current.meta().etag) {
-                return Err(mismatch(name, etag, &current));
+                let changed = self.changed_since(&key, etag, &current).await;
+                return Err(mismatch(name, etag, &current).with_changed_fields(changed));
             }
             let (ms, ts) = now();
             let mut next = decide(&current)?;
@@ -643,20 +663,34 @@ impl<S: Store> Engine<S> {
                 }
                 return Ok(next);
             }
-            let mutation = Mutation {
+            let value = next.as_ref().map(encode);
+            let mut writes = vec![Write {
                 key: key.clone(),
                 expect: Expect::Revision(stored.revision),
-                value: next.as_ref().map(encode),
-                claims: after.iter().map(|u| u.key.clone()).collect(),
+                value: value.clone(),
+                operation: verb.into(),
+            }];
+            writes.extend(markers::<R>(&name.tenant));
+            let commit = Commit {
+                writes,
+                claims: after
+                    .iter()
+                    .filter(|a| !before.iter().any(|b| b.key == a.key))
+                    .map(|a| Claim {
+                        key: a.key.clone(),
+                        owner: key.clone(),
+                    })
+                    .collect(),
                 releases: before
                     .iter()
                     .filter(|b| !after.iter().any(|a| a.key == b.key))
                     .map(|b| b.key.clone())
                     .collect(),
                 change: self.change(caller, request_id, ms),
-                idempotency: mark.clone(),
+                idempotency: mark.clone().map(|m| m.with_outcome(value.unwrap_or_default())),
+                ..Commit::default()
             };
-            match self.store.commit(mutation).await {
+            match self.store.commit(commit).await {
                 Ok(done) => {
                     self.committed::<R>(&name.tenant);
                     if let Some(next) = next.as_mut() {
@@ -666,7 +700,9 @@ impl<S: Store> Engine<S> {
                     }
                     return Ok(next);
                 }
-                Err(CommitError::Conflict { current: Some(moved) }) => {
+                Err(CommitError::Conflict {
+                    current: Some(moved), ..
+                }) => {
                     let moved = decode::<R>(&key, &moved)?;
                     if !etag.is_empty() || attempt >= self.config.max_retries {
                         let expected = if etag.is_empty() {
@@ -674,11 +710,12 @@ impl<S: Store> Engine<S> {
                         } else {
                             etag
                         };
-                        return Err(mismatch(name, expected, &moved));
+                        let changed = self.changed_since(&key, expected, &moved).await;
+                        return Err(mismatch(name, expected, &moved).with_changed_fields(changed));
                     }
                     attempt += 1;
                 }
-                Err(CommitError::Conflict { current: None }) => {
+                Err(CommitError::Conflict { current: None, .. }) => {
                     return Err(Error::NotFound {
                         kind,
                         name: name.full(kind),
@@ -693,6 +730,13 @@ impl<S: Store> Engine<S> {
                         || Error::storage("claiming a unique field", "unknown key"),
                         |u| taken::<R>(name, u, &owner),
                     ));
+                }
+                Err(CommitError::Recorded(record)) if record.value.is_empty() => {
+                    self.check_fingerprint(request_id, &record)?;
+                    return Ok(None);
+                }
+                Err(CommitError::Recorded(record)) => {
+                    return self.replay_recorded::<R>(name, request_id, &record).map(Some);
                 }
                 Err(e) => return Err(Error::storage("writing the resource", e)),
             }
@@ -784,6 +828,28 @@ impl<S: Store> Engine<S> {
         }
     }
 
+    /// The first outcome of a request whose commit found it already
+    /// recorded (another replica, or a retry that raced the first).
+    fn replay_recorded<R: Resource>(
+        &self,
+        name: &Name,
+        request_id: &RequestId,
+        record: &IdempotencyRecord,
+    ) -> Result<R, Error> {
+        self.check_fingerprint(request_id, record)?;
+        self.replayed::<R>(name, record)
+    }
+
+    fn check_fingerprint(&self, request_id: &RequestId, record: &IdempotencyRecord) -> Result<(), Error> {
+        if record.fingerprint == request_id.fingerprint {
+            Ok(())
+        } else {
+            Err(Error::RequestIdReused {
+                request_id: request_id.id.clone(),
+            })
+        }
+    }
+
     fn replayed<R: Resource>(&self, name: &Name, record: &IdempotencyRecord) -> Result<R, Error> {
         let stored = Versioned {
             revision: record.revision,
@@ -831,6 +897,7 @@ impl<S: Store> Engine<S> {
             key,
             fingerprint: request_id.fingerprint.clone(),
             expires_at_ms: ms.saturating_add(ttl),
+            outcome: Vec::new(),
         };
         Ok(Begin::Fresh(Some(mark), Some(guard)))
     }
@@ -921,13 +988,22 @@ impl<S: Store> Engine<S> {
                 Scan::Continue
             })
             .await
+            .map(|_| ())
             .map_err(|e| Error::storage("scanning objects", e))
     }
+}
+
+/// The marker writes that go with a write of `R` in `tenant`: a policy
+/// change moves the tenant's policy marker, which every replica watches.
+fn markers<R: Resource>(tenant: &str) -> Option<Write> {
+    (R::KIND == &crate::kinds::POLICY).then(|| crate::follow::policy_marker(tenant))
 }
 
 /// What a modification applies to.
 struct Target<'a> {
     caller: &'a Caller,
+    /// The change's name in the log: "update", "delete" or a custom verb.
+    verb: &'static str,
     name: &'a Name,
     etag: &'a str,
     request_id: &'a RequestId,
@@ -941,6 +1017,7 @@ fn mismatch<R: Resource>(name: &Name, expected: &str, current: &R) -> Error {
         name: name.full(R::KIND),
         expected: expected.to_string(),
         current: current_of(current),
+        changed_fields: None,
     }
 }
 

@@ -92,6 +92,9 @@ pub enum Error {
         expected: String,
         /// The resource as it is now.
         current: Current,
+        /// The fields changed since the client's version, when that version
+        /// is still in the change log.
+        changed_fields: Option<Vec<String>>,
     },
     /// The same request id is being processed (ABORTED `REQUEST_IN_PROGRESS`).
     #[error(
@@ -206,6 +209,28 @@ pub enum Error {
     /// `MALFORMED_REQUEST`).
     #[error("{0}")]
     Malformed(String),
+    /// A watch asked for changes the log no longer retains (OUT_OF_RANGE
+    /// `REVISION_COMPACTED`).
+    #[error(
+        "revision {requested} is no longer retained (the oldest is {oldest}); list again, or watch with send_initial, and resume from the bookmark"
+    )]
+    RevisionCompacted {
+        /// The revision asked for.
+        requested: u64,
+        /// The oldest revision retained.
+        oldest: u64,
+    },
+    /// A watcher fell too far behind (ABORTED `WATCH_TOO_SLOW`).
+    #[error(
+        "the watch fell too far behind and was ended; resume with start_revision {resume_revision}, and read faster"
+    )]
+    WatchTooSlow {
+        /// The first revision not delivered.
+        resume_revision: u64,
+    },
+    /// The store cannot be reached (UNAVAILABLE `STORE_UNAVAILABLE`).
+    #[error("the store is unavailable while {0}; retry shortly")]
+    StoreUnavailable(String),
     /// The server failed. The text says what failed, never internals.
     #[error("internal error while {0}; retry later, and report it if it persists")]
     Internal(String),
@@ -228,8 +253,48 @@ impl Error {
     }
 
     /// A storage failure while doing `what`; the cause goes to the log only.
-    pub(crate) fn storage(what: &str, cause: impl std::fmt::Display) -> Self {
+    /// A store out of reach is `StoreUnavailable`, which clients retry.
+    pub(crate) fn storage(what: &str, cause: impl StoreCause) -> Self {
+        if cause.unavailable() {
+            tracing::warn!(error = %cause, "the store is unavailable while {what}");
+            return Self::StoreUnavailable(what.to_string());
+        }
         tracing::error!(error = %cause, "storage failure while {what}");
         Self::Internal(what.to_string())
+    }
+}
+
+/// The cause of a storage failure.
+pub(crate) trait StoreCause: std::fmt::Display {
+    /// Whether the store could not be reached (a retry may succeed).
+    fn unavailable(&self) -> bool {
+        false
+    }
+}
+
+impl StoreCause for arbiter_store::StoreError {
+    fn unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+impl StoreCause for arbiter_store::CommitError {
+    fn unavailable(&self) -> bool {
+        matches!(self, Self::Store(arbiter_store::StoreError::Unavailable(_)))
+    }
+}
+
+impl StoreCause for &str {}
+impl StoreCause for String {}
+impl StoreCause for prost::DecodeError {}
+impl StoreCause for arbiter_api::json::JsonError {}
+
+impl Error {
+    /// Whether this is `ETAG_MISMATCH`, to which changed fields can be added.
+    pub(crate) fn with_changed_fields(mut self, fields: Option<Vec<String>>) -> Self {
+        if let Self::EtagMismatch { changed_fields, .. } = &mut self {
+            *changed_fields = fields;
+        }
+        self
     }
 }

@@ -16,9 +16,11 @@
 //! - [`names`], [`validate`], [`mask`], [`filter`], [`page`]: request parsing.
 
 pub mod auth;
+pub mod changes;
 pub mod engine;
 pub mod error;
 pub mod filter;
+mod follow;
 pub mod kind;
 pub mod kinds;
 pub mod mask;
@@ -29,6 +31,7 @@ pub mod policy_admin;
 pub mod validate;
 
 pub use auth::{Access, Caller, Role};
+pub use changes::{ChangeFeed, RevisionsPage, WatchRequest};
 pub use engine::{
     CreateRequest, DeleteRequest, Engine, EngineConfig, ListPage, ListRequest, RequestId, TransitionRequest,
     UpdateRequest,

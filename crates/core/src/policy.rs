@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -401,21 +401,40 @@ const MAX_CACHED_TENANTS: usize = 100_000;
 /// Every tenant's policies as last read from the store. A policy write
 /// drops the tenant's entry; the generation keeps a read that raced with a
 /// write from caching what it read.
-#[derive(Debug, Default)]
+///
+/// With several replicas, a policy written through another replica is seen
+/// only through the store's watch ([`crate::Engine::follow_policies`]):
+/// while that watch is down the cache is off (`live` false) and every
+/// request reads the tenant's policies from the store.
+#[derive(Debug)]
 struct PolicyCache {
     generation: AtomicU64,
+    live: AtomicBool,
     tenants: Mutex<HashMap<String, Arc<[Policy]>>>,
+}
+
+impl Default for PolicyCache {
+    fn default() -> Self {
+        Self {
+            generation: AtomicU64::new(0),
+            live: AtomicBool::new(true),
+            tenants: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 impl PolicyCache {
     fn cached(&self, tenant: &str) -> Option<Arc<[Policy]>> {
+        if !self.live.load(Ordering::Acquire) {
+            return None;
+        }
         let tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
         tenants.get(tenant).cloned()
     }
 
     fn insert_if_current(&self, tenant: &str, generation: u64, policies: Arc<[Policy]>) {
         let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
-        if self.generation.load(Ordering::Acquire) != generation {
+        if self.generation.load(Ordering::Acquire) != generation || !self.live.load(Ordering::Acquire) {
             return;
         }
         if tenants.len() >= MAX_CACHED_TENANTS {
@@ -428,6 +447,14 @@ impl PolicyCache {
         let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
         self.generation.fetch_add(1, Ordering::AcqRel);
         tenants.remove(tenant);
+    }
+
+    /// Turns caching on or off; either way, forgets everything cached.
+    fn set_live(&self, live: bool) {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.live.store(live, Ordering::Release);
+        tenants.clear();
     }
 }
 
@@ -489,6 +516,12 @@ impl Policies {
     /// Forgets a tenant's cached policies after one of them changed.
     pub(crate) fn invalidate(&self, tenant: &str) {
         self.cache.invalidate(tenant);
+    }
+
+    /// Whether cached policy lists may be used (the watch that keeps them
+    /// current is up).
+    pub(crate) fn set_cache_live(&self, live: bool) {
+        self.cache.set_live(live);
     }
 
     /// The tenant's policies, from the cache or the store.

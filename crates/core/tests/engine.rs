@@ -7,8 +7,8 @@ use std::sync::Arc;
 use arbiter_api::v1::VirtualMachine;
 use arbiter_core::{Caller, CreateRequest, Engine, EngineConfig, Error, RequestId, Role, UpdateRequest};
 use arbiter_store::{
-    ChangeEvent, CommitError, Committed, IdempotencyRecord, Mutation, RocksOptions, RocksStore, Scan, Store,
-    StoreError, Versioned,
+    ChangeEvent, ChangeStream, Commit, CommitError, Committed, IdempotencyRecord, RocksOptions, RocksStore,
+    Scan, Store, StoreError, Versioned,
 };
 use std::sync::Mutex;
 
@@ -34,12 +34,15 @@ impl Store for Gated {
     async fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
         self.inner.get(key).await
     }
+    async fn get_at(&self, key: &[u8], revision: u64) -> Result<Option<Versioned>, StoreError> {
+        self.inner.get_at(key, revision).await
+    }
     async fn scan(
         &self,
         prefix: &[u8],
         start_after: Option<&[u8]>,
         visit: &mut (dyn FnMut(&[u8], Versioned) -> Scan + Send),
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         self.inner.scan(prefix, start_after, visit).await
     }
     async fn scan_unique(
@@ -52,16 +55,19 @@ impl Store for Gated {
     async fn unique_owner(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.unique_owner(key).await
     }
+    async fn counter(&self, key: &[u8]) -> Result<i64, StoreError> {
+        self.inner.counter(key).await
+    }
     async fn idempotency(&self, key: &[u8], now: i64) -> Result<Option<IdempotencyRecord>, StoreError> {
         self.inner.idempotency(key, now).await
     }
-    async fn commit(&self, mutation: Mutation) -> Result<Committed, CommitError> {
+    async fn commit(&self, commit: Commit) -> Result<Committed, CommitError> {
         let held = self.hold.lock().unwrap().take();
         if let Some(held) = held {
             self.arrived.notify_one();
             let _ = held.await;
         }
-        self.inner.commit(mutation).await
+        self.inner.commit(commit).await
     }
     async fn put_blob(&self, digest: &[u8], bytes: Vec<u8>) -> Result<(), StoreError> {
         self.inner.put_blob(digest, bytes).await
@@ -69,11 +75,20 @@ impl Store for Gated {
     async fn get_blob(&self, digest: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.get_blob(digest).await
     }
-    async fn changes(&self, after: u64, limit: usize) -> Result<Vec<ChangeEvent>, StoreError> {
-        self.inner.changes(after, limit).await
+    async fn revision(&self) -> Result<u64, StoreError> {
+        self.inner.revision().await
     }
-    fn revision(&self) -> u64 {
-        self.inner.revision()
+    async fn watch(&self, prefix: &[u8], start: u64) -> Result<ChangeStream, StoreError> {
+        self.inner.watch(prefix, start).await
+    }
+    async fn history(&self, key: &[u8], before: u64, limit: usize) -> Result<Vec<ChangeEvent>, StoreError> {
+        self.inner.history(key, before, limit).await
+    }
+    async fn compact(&self, cutoff: i64, now: i64) -> Result<u64, StoreError> {
+        self.inner.compact(cutoff, now).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
     }
 }
 
@@ -210,7 +225,7 @@ async fn the_change_log_records_who_did_what() {
     let (_dir, engine) = setup();
     let id = RequestId::new("0b6f4b3e-5c8e-4f3a-9d55-2c1f0f3b8a11", "create", b"x");
     let vm = engine.create(&alice(), create("web-1", id)).await.unwrap();
-    let events = engine.store().changes(0, 10).await.unwrap();
+    let events = engine.store().inner.changes(0, 10).unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].revision, vm.revision);
     assert_eq!(events[0].principal, "alice");

@@ -15,6 +15,7 @@ use tonic::Code;
 use crate::grpc::{self, GrpcService};
 use crate::problem::Problem;
 use crate::rules::{Body as BodyRule, Route};
+use crate::stream;
 use crate::transcode::{self, Extra, Malformed};
 
 /// The values of a route's path variables, by field path.
@@ -125,7 +126,7 @@ impl Gateway {
     async fn respond(&self, request: http::Request<Body>) -> http::Response<Body> {
         let base = self.base(request.headers());
         let instance = request.uri().path().to_string();
-        match self.answer(request).await {
+        match self.answer(request, &base).await {
             Ok(response) => response,
             Err(Failure::Status(status)) => Problem::from_status(&status, &instance, &base).into_response(),
             Err(Failure::Precondition(status)) => {
@@ -183,12 +184,30 @@ impl Gateway {
         ))
     }
 
-    async fn answer(&self, request: http::Request<Body>) -> Result<http::Response<Body>, Failure> {
+    async fn answer(
+        &self,
+        request: http::Request<Body>,
+        base: &str,
+    ) -> Result<http::Response<Body>, Failure> {
         let (parts, body) = request.into_parts();
         let (route, variables) = self.find(&parts.method, parts.uri.path())?;
         let body = self.read_body(route, &parts.headers, body).await?;
         let authorization = parts.headers.get(header::AUTHORIZATION);
-        let (extra, conditions) = self.conditions(route, &parts, authorization).await?;
+        let (mut extra, conditions) = self.conditions(route, &parts, authorization).await?;
+        if route.rpc.is_server_streaming() {
+            resume_after_last_event(route, &parts.headers, &mut extra)?;
+            let message =
+                transcode::request(route, &variables, &extra, parts.uri.query().unwrap_or(""), body)?;
+            let stream = grpc::call(&self.grpc, &route.grpc_path, authorization, message)
+                .await
+                .map_err(Failure::Status)?;
+            let origin = stream::Origin {
+                instance: parts.uri.path().to_string(),
+                base: base.to_string(),
+            };
+            let format = stream::Format::of(&parts.headers);
+            return Ok(stream::response(format, route.rpc.output(), stream, origin));
+        }
         let message = transcode::request(route, &variables, &extra, parts.uri.query().unwrap_or(""), body)?;
         let reply = match grpc::unary(&self.grpc, &route.grpc_path, authorization, message).await {
             Ok(reply) => reply,
@@ -406,6 +425,24 @@ fn mismatch(current: &DynamicMessage, expected: &str) -> tonic::Status {
         ),
         details,
     )
+}
+
+/// `Last-Event-ID` (a reconnecting event source) resumes a stream after
+/// that revision: `start_revision` is set to the one after it.
+fn resume_after_last_event(route: &Route, headers: &HeaderMap, extra: &mut Extra) -> Result<(), Failure> {
+    let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    if !has_field(&route.rpc.input(), "start_revision") {
+        return Ok(());
+    }
+    let last: u64 = last.trim().parse().map_err(|_| {
+        Failure::Malformed(Malformed(format!(
+            "Last-Event-ID {last:?} is not a revision; send the id of the last event received"
+        )))
+    })?;
+    extra.push(("start_revision".into(), last.saturating_add(1).to_string()));
+    Ok(())
 }
 
 /// Where a route's request takes an etag: a top-level `etag`, or the

@@ -24,6 +24,27 @@ pub async fn unary(
     authorization: Option<&HeaderValue>,
     message: Bytes,
 ) -> Result<Bytes, Status> {
+    let body = call(service, path, authorization, message).await?;
+    let collected = body
+        .collect()
+        .await
+        .map_err(|e| Status::internal(format!("reading the reply: {e}")))?;
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    if let Some(status) = failure(&trailers) {
+        return Err(status);
+    }
+    unframe(collected.to_bytes())
+}
+
+/// Calls the method at `path` and returns the reply's body once its
+/// headers say the call was accepted (for a server stream: the framed
+/// messages, then trailers). A call refused at once is its status.
+pub async fn call(
+    service: &GrpcService,
+    path: &str,
+    authorization: Option<&HeaderValue>,
+    message: Bytes,
+) -> Result<Body, Status> {
     let mut framed = BytesMut::with_capacity(message.len() + 5);
     framed.put_u8(0);
     framed.put_u32(u32::try_from(message.len()).map_err(|_| Status::invalid_argument("message too large"))?);
@@ -46,19 +67,11 @@ pub async fn unary(
     if let Some(status) = failure(&parts.headers) {
         return Err(status);
     }
-    let collected = body
-        .collect()
-        .await
-        .map_err(|e| Status::internal(format!("reading the reply: {e}")))?;
-    let trailers = collected.trailers().cloned().unwrap_or_default();
-    if let Some(status) = failure(&trailers) {
-        return Err(status);
-    }
-    unframe(collected.to_bytes())
+    Ok(body)
 }
 
 /// The status in trailers (or trailers-only headers), unless it is OK.
-fn failure(headers: &HeaderMap) -> Option<Status> {
+pub(crate) fn failure(headers: &HeaderMap) -> Option<Status> {
     let status = Status::from_header_map(headers)?;
     (status.code() != tonic::Code::Ok).then_some(status)
 }

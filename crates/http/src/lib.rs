@@ -22,6 +22,7 @@ pub mod grpc;
 pub mod openapi;
 pub mod problem;
 pub mod rules;
+pub mod stream;
 pub mod template;
 pub mod transcode;
 

@@ -12,9 +12,11 @@ use crate::problem::{CONTENT_TYPE as PROBLEM, REASONS};
 use crate::rules::{Body, Route};
 
 /// Statuses a read can answer with besides 200.
-const READ: &[u16] = &[304, 400, 401, 403, 404, 422, 429, 500];
+const READ: &[u16] = &[304, 400, 401, 403, 404, 422, 429, 500, 503];
+/// Statuses a stream can answer with before it begins.
+const STREAM: &[u16] = &[400, 401, 403, 404, 410, 422, 429, 500, 503];
 /// Statuses a write can answer with besides 200.
-const WRITE: &[u16] = &[400, 401, 403, 404, 409, 412, 413, 415, 422, 428, 429, 500];
+const WRITE: &[u16] = &[400, 401, 403, 404, 409, 412, 413, 415, 422, 428, 429, 500, 503];
 
 fn reference(message: &MessageDescriptor) -> Value {
     json!({"$ref": format!("#/components/schemas/{}", message.full_name())})
@@ -191,7 +193,13 @@ fn operation(
     let (path, mut parameters) = path_of(route, id_pattern);
     parameters.extend(query_parameters(route, seen));
     let read = route.method == http::Method::GET;
-    if read {
+    let streaming = route.rpc.is_server_streaming();
+    if streaming {
+        parameters.push(header(
+            "Last-Event-ID",
+            "resume after this revision (server-sent events)",
+        ));
+    } else if read {
         parameters.push(header(
             "If-None-Match",
             "answer 304 if the resource still has one of these etags",
@@ -216,7 +224,20 @@ fn operation(
     }
     let output = route.rpc.output();
     let mut responses = Map::new();
-    responses.insert(
+    if streaming {
+        let schema = scalar(&Kind::Message(output), seen);
+        responses.insert(
+            "200".into(),
+            json!({
+                "description": "A stream: one message per line (NDJSON), or server-sent events with `Accept: text/event-stream`. A failure after the stream began ends it with a line {\"error\": <problem details>} or an `error` event.",
+                "content": {
+                    "application/x-ndjson": {"schema": schema},
+                    "text/event-stream": {"schema": {"type": "string"}}
+                }
+            }),
+        );
+    } else {
+        responses.insert(
         "200".into(),
         json!({
             "description": "OK",
@@ -227,7 +248,14 @@ fn operation(
             "content": {"application/json": {"schema": scalar(&Kind::Message(output), seen)}}
         }),
     );
-    for status in if read { READ } else { WRITE } {
+    }
+    for status in if streaming {
+        STREAM
+    } else if read {
+        READ
+    } else {
+        WRITE
+    } {
         let description = http::StatusCode::from_u16(*status)
             .ok()
             .and_then(|s| s.canonical_reason())

@@ -140,6 +140,24 @@ pub const REASONS: &[Reason] = &[
         resolve: "Too many requests. Retry after the Retry-After delay.",
     },
     Reason {
+        reason: "REVISION_COMPACTED",
+        status: StatusCode::GONE,
+        title: "Revision no longer retained",
+        resolve: "The watch asked for changes older than the change log keeps (`oldest_revision`). List the collection again (or watch with send_initial=true) and resume watching from the revision it returns.",
+    },
+    Reason {
+        reason: "WATCH_TOO_SLOW",
+        status: StatusCode::CONFLICT,
+        title: "Watcher too slow",
+        resolve: "The watch fell so far behind that it was ended. Watch again with start_revision = `resume_revision`, and read the stream faster.",
+    },
+    Reason {
+        reason: "STORE_UNAVAILABLE",
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        title: "Store unavailable",
+        resolve: "The server cannot reach its store (etcd). Nothing was written. Retry after the Retry-After delay; the server recovers by itself when the store is back.",
+    },
+    Reason {
         reason: "POLICY_FAULT",
         status: StatusCode::INTERNAL_SERVER_ERROR,
         title: "Tenant policy failed",
@@ -234,7 +252,7 @@ impl Problem {
         problem.add_details(&details);
         if matches!(
             reason_name.as_str(),
-            "RATE_LIMITED" | "QUOTA_EXCEEDED" | "REQUEST_IN_PROGRESS"
+            "RATE_LIMITED" | "QUOTA_EXCEEDED" | "REQUEST_IN_PROGRESS" | "STORE_UNAVAILABLE"
         ) {
             let delay = details
                 .retry_info()
@@ -269,6 +287,20 @@ impl Problem {
                 "conflict".into(),
                 json!({"field": field, "value": value, "existing": existing}),
             );
+        }
+        if let Some(changed) = get("changed_fields") {
+            let fields: Vec<&str> = changed.split(',').filter(|s| !s.is_empty()).collect();
+            self.body
+                .insert("conflict".into(), json!({ "changed_fields": fields }));
+        }
+        for (key, member) in [
+            ("requested_revision", "requested_revision"),
+            ("oldest_revision", "oldest_revision"),
+            ("resume_revision", "resume_revision"),
+        ] {
+            if let Some(value) = get(key).and_then(|v| v.parse::<u64>().ok()) {
+                self.body.insert(member.into(), json!(value));
+            }
         }
         if let Some(allowed) = get("allowed_from") {
             let states: Vec<&str> = allowed.split(',').filter(|s| !s.is_empty()).collect();

@@ -22,6 +22,27 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which storage engine serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// RocksDB in the data dir: one replica.
+    #[default]
+    Rocksdb,
+    /// An etcd cluster: any number of replicas on one prefix serve as one.
+    Etcd,
+}
+
+/// A duration in config files: `"168h"`, `"30m"`, `"90s"`.
+mod duration {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Everything `arbiter serve` needs.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -54,6 +75,15 @@ pub struct Config {
     /// Public base URL of the HTTP API, for absolute problem type URIs;
     /// default: built from each request's `Host`.
     pub public_url: Option<String>,
+    /// The storage engine.
+    pub store: StoreKind,
+    /// etcd client URLs (with `store = "etcd"`).
+    pub etcd_endpoints: Vec<String>,
+    /// Prefix of every key in etcd; replicas on one prefix are one service.
+    pub etcd_prefix: String,
+    /// How long the change log keeps changes (watch resume, history).
+    #[serde(with = "duration")]
+    pub history_retention: std::time::Duration,
 }
 
 impl Default for Config {
@@ -72,6 +102,10 @@ impl Default for Config {
             policy_cache_dir: None,
             require_preconditions: Vec::new(),
             public_url: None,
+            store: StoreKind::Rocksdb,
+            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            etcd_prefix: "/arbiter".into(),
+            history_retention: std::time::Duration::from_secs(168 * 60 * 60),
         }
     }
 }
@@ -127,6 +161,23 @@ pub struct ServeArgs {
     /// Public base URL of the HTTP API, for problem type URIs.
     #[arg(long, env = "ARBITER_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
+    /// Storage engine [default: rocksdb].
+    #[arg(long, env = "ARBITER_STORE", value_enum)]
+    pub store: Option<StoreKind>,
+    /// etcd client URLs, comma-separated [default: http://127.0.0.1:2379].
+    #[arg(
+        long,
+        env = "ARBITER_ETCD_ENDPOINTS",
+        value_name = "URL,...",
+        value_delimiter = ','
+    )]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// Prefix of Arbiter's keys in etcd [default: /arbiter].
+    #[arg(long, env = "ARBITER_ETCD_PREFIX", value_name = "PREFIX")]
+    pub etcd_prefix: Option<String>,
+    /// How long changes are kept for watch and history [default: 168h].
+    #[arg(long, env = "ARBITER_HISTORY_RETENTION", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub history_retention: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -168,6 +219,10 @@ impl Config {
             policy_cache_dir,
             require_preconditions,
             public_url,
+            store,
+            etcd_endpoints,
+            etcd_prefix,
+            history_retention,
         } = args.clone();
         if let Some(v) = data_dir {
             self.data_dir = v;
@@ -207,6 +262,18 @@ impl Config {
         }
         if public_url.is_some() {
             self.public_url = public_url;
+        }
+        if let Some(v) = store {
+            self.store = v;
+        }
+        if let Some(v) = etcd_endpoints {
+            self.etcd_endpoints = v;
+        }
+        if let Some(v) = etcd_prefix {
+            self.etcd_prefix = v;
+        }
+        if let Some(v) = history_retention {
+            self.history_retention = v;
         }
     }
 
@@ -250,6 +317,9 @@ mod tests {
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.log_format, LogFormat::Text);
         assert!(c.fsync);
+        assert_eq!(c.store, StoreKind::Rocksdb);
+        assert_eq!(c.etcd_prefix, "/arbiter");
+        assert_eq!(c.history_retention.as_secs(), 168 * 3600);
         assert_eq!(Config::from_toml("").ok(), Some(c));
     }
 
@@ -275,6 +345,23 @@ mod tests {
         let tokens = config.tokens.unwrap_or_default();
         assert!(tokens.starts_with("/etc/arbiter/tokens"));
         crate::auth::Tokens::load(&dir.join("tokens.toml")).unwrap_or_else(|e| panic!("{e:#}"));
+        let ha = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/overlays/ha");
+        let config = Config::from_file(&ha.join("config.toml")).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(config.store, StoreKind::Etcd);
+        assert_eq!(config.etcd_endpoints.len(), 3);
+        crate::auth::Tokens::load(&ha.join("tokens.toml")).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    #[test]
+    fn the_etcd_settings_parse() {
+        let c = Config::from_toml(
+            "store = \"etcd\"\netcd_endpoints = [\"http://e1:2379\", \"http://e2:2379\"]\nhistory_retention = \"2h 30m\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(c.store, StoreKind::Etcd);
+        assert_eq!(c.etcd_endpoints.len(), 2);
+        assert_eq!(c.history_retention.as_secs(), 9000);
+        assert!(Config::from_toml("history_retention = \"soon\"").is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`server`]: wiring, [`start`] and graceful stop.
 //! - [`ops`]: the HTTP address: the HTTP/JSON API, `/healthz`, `/readyz`,
 //!   `/metrics`; [`metrics`]: the Prometheus recorder.
+//! - [`readiness`]: whether the store answers, for gRPC health and `/readyz`.
 //! - [`telemetry`]: `tracing` setup.
 
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod metrics;
 pub mod middleware;
 pub mod ops;
+pub mod readiness;
 pub mod server;
 pub mod services;
 pub mod status;
@@ -25,12 +27,11 @@ pub mod telemetry;
 pub use config::Config;
 pub use server::{Running, start};
 
-/// Checks a stopped server's data dir: every unique index entry agrees
-/// with the objects. Returns the disagreements.
-pub async fn check(data_dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    use anyhow::Context;
-    let store = arbiter_store::RocksStore::open(&data_dir.join("db"), arbiter_store::RocksOptions::default())
-        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+/// Checks a store: every unique index entry agrees with the objects.
+/// With RocksDB, the data dir of a stopped server; with etcd, the cluster
+/// and prefix of a running service. Returns the disagreements.
+pub async fn check(config: &Config) -> anyhow::Result<Vec<String>> {
+    let store = server::open_store(config).await?;
     let engine = arbiter_core::Engine::new(std::sync::Arc::new(store), arbiter_core::EngineConfig::default());
     engine
         .check_consistency()

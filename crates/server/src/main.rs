@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use arbiter_server::config::{Config, ServeArgs};
+use arbiter_server::config::{Config, ServeArgs, StoreKind};
 use clap::{Parser, Subcommand};
 
 /// Arbiter: a gRPC control plane for uniquely named resources.
@@ -20,11 +20,26 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(Box<ServeArgs>),
-    /// Check a stopped server's data dir: unique indexes agree with objects.
+    /// Check a store: unique indexes agree with objects (RocksDB: a
+    /// stopped server's data dir; etcd: a running service's prefix).
     Check {
         /// The data directory to check.
         #[arg(long, env = "ARBITER_DATA_DIR", default_value = "./arbiter-data")]
         data_dir: PathBuf,
+        /// Storage engine.
+        #[arg(long, env = "ARBITER_STORE", value_enum, default_value = "rocksdb")]
+        store: StoreKind,
+        /// etcd client URLs, comma-separated.
+        #[arg(
+            long,
+            env = "ARBITER_ETCD_ENDPOINTS",
+            value_delimiter = ',',
+            default_value = "http://127.0.0.1:2379"
+        )]
+        etcd_endpoints: Vec<String>,
+        /// Prefix of Arbiter's keys in etcd.
+        #[arg(long, env = "ARBITER_ETCD_PREFIX", default_value = "/arbiter")]
+        etcd_prefix: String,
     },
     /// Work with policy modules.
     Policy {
@@ -48,7 +63,18 @@ enum PolicyCommand {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => block_on(serve(*args)),
-        Command::Check { data_dir } => block_on(check(data_dir)),
+        Command::Check {
+            data_dir,
+            store,
+            etcd_endpoints,
+            etcd_prefix,
+        } => block_on(check(Config {
+            data_dir,
+            store,
+            etcd_endpoints,
+            etcd_prefix,
+            ..Config::default()
+        })),
         Command::Policy {
             command: PolicyCommand::Test { module, cases },
         } => report(policy_test(&module, &cases)),
@@ -121,13 +147,14 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn check(data_dir: PathBuf) -> anyhow::Result<ExitCode> {
-    let problems = arbiter_server::check(&data_dir).await?;
+async fn check(config: Config) -> anyhow::Result<ExitCode> {
+    let problems = arbiter_server::check(&config).await?;
     if problems.is_empty() {
-        println!(
-            "ok: unique indexes agree with the objects in {}",
-            data_dir.display()
-        );
+        let place = match config.store {
+            StoreKind::Rocksdb => config.data_dir.display().to_string(),
+            StoreKind::Etcd => format!("{} under {}", config.etcd_endpoints.join(","), config.etcd_prefix),
+        };
+        println!("ok: unique indexes agree with the objects in {place}");
         return Ok(ExitCode::SUCCESS);
     }
     for p in &problems {

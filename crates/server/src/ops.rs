@@ -3,6 +3,7 @@
 //! store is open and serving) and `/metrics` (Prometheus).
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -11,11 +12,18 @@ use axum::routing::get;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
+use crate::readiness::Readiness;
+
 /// Serves the API and the operations endpoints until `shutdown` completes.
-pub async fn serve(listener: TcpListener, api: Router, shutdown: impl Future<Output = ()> + Send + 'static) {
+pub async fn serve(
+    listener: TcpListener,
+    api: Router,
+    readiness: Arc<Readiness>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/readyz", get(move || ready(Arc::clone(&readiness))))
         .route("/metrics", get(metrics))
         .merge(api);
     // Responses go out in more than one write (head, then body): without
@@ -28,6 +36,17 @@ pub async fn serve(listener: TcpListener, api: Router, shutdown: impl Future<Out
     });
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
         tracing::error!(error = %e, "the HTTP server failed");
+    }
+}
+
+async fn ready(readiness: Arc<Readiness>) -> impl IntoResponse {
+    if readiness.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the store does not answer\n",
+        )
     }
 }
 

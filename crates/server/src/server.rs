@@ -8,25 +8,25 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arbiter_api::v1::{
-    policies_server::PoliciesServer, prompts_server::PromptsServer, users_server::UsersServer,
-    virtual_machines_server::VirtualMachinesServer,
+    changes_server::ChangesServer, policies_server::PoliciesServer, prompts_server::PromptsServer,
+    users_server::UsersServer, virtual_machines_server::VirtualMachinesServer,
 };
 use arbiter_core::{Engine, EngineConfig};
-use arbiter_store::{RocksOptions, RocksStore};
+use arbiter_store::{AnyStore, EtcdOptions, EtcdStore, RocksOptions, RocksStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
-use tonic_health::server::HealthReporter;
 use tower::Layer;
 
 use crate::auth::{self, Tokens};
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::middleware::RequestLayer;
+use crate::readiness::{self, Readiness};
 use crate::services::Api;
 
-/// How often expired idempotency records are purged.
-const PURGE_EVERY: Duration = Duration::from_secs(15 * 60);
+/// How often old changes and expired idempotency records are purged.
+const COMPACT_EVERY: Duration = Duration::from_secs(60);
 
 /// A running server.
 #[derive(Debug)]
@@ -37,6 +37,9 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// The first-start admin token, when no tokens file is configured.
     pub admin_token: Option<String>,
+    /// The engine that serves (for tools and tests that work on the store
+    /// directly, e.g. compacting the change log now).
+    pub engine: Arc<Engine<AnyStore>>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -60,6 +63,11 @@ fn load_tokens(config: &Config) -> anyhow::Result<(Tokens, Option<String>)> {
     if let Some(path) = &config.tokens {
         return Ok((Tokens::load(path)?, None));
     }
+    if config.store == StoreKind::Etcd {
+        anyhow::bail!(
+            "--store etcd needs --tokens FILE: replicas must accept the same tokens, and a first-start token is per process"
+        );
+    }
     let (token, path) = auth::bootstrap_admin(&config.data_dir)?;
     tracing::warn!(
         path = %path.display(),
@@ -75,17 +83,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let (tokens, admin_token) = load_tokens(&config)?;
     crate::metrics::install();
-    let options = RocksOptions {
-        fsync: config.fsync,
-        ..RocksOptions::default()
-    };
-    if !config.fsync {
-        tracing::warn!(
-            "fsync is off: acknowledged writes can be lost on a crash; use this for benchmarks only"
-        );
-    }
-    let store = RocksStore::open(&config.data_dir.join("db"), options)
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let store = open_store(&config).await?;
     let host = arbiter_policy::Host::new(&config.policy_host())?;
     let engine_config = EngineConfig {
         policy: config.policy(),
@@ -97,6 +95,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         engine_config,
         Arc::new(host),
     ));
+    let retention = config.history_retention;
     let max_upload = usize::try_from(config.policy_max_module_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(1 << 20);
@@ -120,24 +119,55 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on {} (http_addr)", config.http_addr))?;
     let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(serve(engine, tokens, grpc, http, stopped, settings));
-    tracing::info!(%grpc_addr, %http_addr, data_dir = %config.data_dir.display(), "serving");
+    let task = tokio::spawn(serve(
+        Arc::clone(&engine),
+        tokens,
+        grpc,
+        http,
+        stopped,
+        settings,
+        retention,
+    ));
+    tracing::info!(%grpc_addr, %http_addr, store = ?config.store, data_dir = %config.data_dir.display(), "serving");
     Ok(Running {
         grpc_addr,
         http_addr,
         admin_token,
+        engine,
         stop,
         task,
     })
 }
 
-async fn set_serving(reporter: &HealthReporter) {
-    reporter
-        .set_serving::<VirtualMachinesServer<Api<RocksStore>>>()
-        .await;
-    reporter.set_serving::<UsersServer<Api<RocksStore>>>().await;
-    reporter.set_serving::<PromptsServer<Api<RocksStore>>>().await;
-    reporter.set_serving::<PoliciesServer<Api<RocksStore>>>().await;
+/// Opens the configured store: RocksDB in the data dir, or etcd.
+pub(crate) async fn open_store(config: &Config) -> anyhow::Result<AnyStore> {
+    if !config.fsync {
+        tracing::warn!(
+            "fsync is off: acknowledged writes can be lost on a crash; use this for benchmarks only"
+        );
+    }
+    match config.store {
+        StoreKind::Rocksdb => {
+            let options = RocksOptions {
+                fsync: config.fsync,
+                ..RocksOptions::default()
+            };
+            let store = RocksStore::open(&config.data_dir.join("db"), options)
+                .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+            Ok(AnyStore::Rocks(store))
+        }
+        StoreKind::Etcd => {
+            let options = EtcdOptions {
+                endpoints: config.etcd_endpoints.clone(),
+                prefix: config.etcd_prefix.clone(),
+                ..EtcdOptions::default()
+            };
+            let store = EtcdStore::connect(options)
+                .await
+                .with_context(|| format!("cannot use etcd at {}", config.etcd_endpoints.join(",")))?;
+            Ok(AnyStore::Etcd(Box::new(store)))
+        }
+    }
 }
 
 /// Server reflection over the API, health and the error model, so that
@@ -164,7 +194,7 @@ struct Settings {
 /// calls in process; the fuzz targets drive the same.
 pub fn routes(
     routes: tonic::service::Routes,
-    engine: &Arc<Engine<RocksStore>>,
+    engine: &Arc<Engine<AnyStore>>,
     max_upload: usize,
 ) -> anyhow::Result<tonic::service::Routes> {
     let api = Api::new(Arc::clone(engine));
@@ -174,29 +204,38 @@ pub fn routes(
         .add_service(VirtualMachinesServer::new(api.clone()))
         .add_service(UsersServer::new(api.clone()))
         .add_service(PromptsServer::new(api.clone()))
+        .add_service(ChangesServer::new(api.clone()))
         .add_service(PoliciesServer::new(api).max_decoding_message_size(max_upload)))
 }
 
 async fn serve(
-    engine: Arc<Engine<RocksStore>>,
+    engine: Arc<Engine<AnyStore>>,
     tokens: Tokens,
     grpc: TcpListener,
     http: TcpListener,
     stopped: impl Future<Output = Result<(), oneshot::error::RecvError>> + Send + 'static,
     settings: Settings,
+    retention: Duration,
 ) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    set_serving(&reporter).await;
+    readiness::report(&reporter, false).await;
+    let ready = Arc::new(Readiness::default());
+    let follow = tokio::spawn(readiness::follow(
+        Arc::clone(&engine),
+        reporter.clone(),
+        Arc::clone(&ready),
+    ));
     let routes = routes(tonic::service::Routes::new(health), &engine, settings.max_upload)?;
     let layer = RequestLayer::new(Arc::new(tokens));
     let in_process = tower::util::BoxCloneSyncService::new(layer.clone().layer(routes.clone()));
     let pool = arbiter_api::json::pool()?;
     let api = arbiter_http::router(pool, in_process, settings.http)?;
     let (http_stop, http_stopped) = oneshot::channel::<()>();
-    let http_task = tokio::spawn(crate::ops::serve(http, api, async {
+    let http_task = tokio::spawn(crate::ops::serve(http, api, Arc::clone(&ready), async {
         let _ = http_stopped.await;
     }));
-    let purge = tokio::spawn(purge_loop(Arc::clone(&engine)));
+    let compact = tokio::spawn(compact_loop(Arc::clone(&engine), retention));
+    let policies = tokio::spawn(engine.follow_policies());
     let result = tonic::transport::Server::builder()
         .layer(layer)
         .add_routes(routes)
@@ -204,13 +243,13 @@ async fn serve(
         // Nagle's algorithm would hold until the client's delayed ACK.
         .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), async {
             let _ = stopped.await;
-            reporter
-                .set_not_serving::<VirtualMachinesServer<Api<RocksStore>>>()
-                .await;
+            follow.abort();
+            readiness::report(&reporter, false).await;
             tracing::info!("shutting down: finishing requests in flight");
         })
         .await;
-    purge.abort();
+    compact.abort();
+    policies.abort();
     let _ = http_stop.send(());
     let _ = http_task.await;
     drop(engine);
@@ -218,24 +257,23 @@ async fn serve(
     result.context("the gRPC server failed")
 }
 
-async fn purge_loop(engine: Arc<Engine<RocksStore>>) {
-    let mut tick = tokio::time::interval(PURGE_EVERY);
+/// Forgets changes older than `retention` and expired request records,
+/// every minute.
+async fn compact_loop(engine: Arc<Engine<AnyStore>>, retention: Duration) {
+    let mut tick = tokio::time::interval(COMPACT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let engine = Arc::clone(&engine);
-        let purged = tokio::task::spawn_blocking(move || {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                .unwrap_or_default();
-            engine.store().purge_expired_requests(now)
-        })
-        .await;
-        match purged {
-            Ok(Ok(n)) if n > 0 => tracing::info!(purged = n, "purged expired request records"),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "purging request records failed"),
-            Err(e) => tracing::warn!(error = %e, "the purge task failed"),
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or_default();
+        let keep = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        match engine.store().compact(now.saturating_sub(keep), now).await {
+            Ok(oldest) => {
+                metrics::gauge!("arbiter_history_oldest_revision").set(oldest as f64);
+            }
+            Err(e) => tracing::warn!(error = %e, "compacting the change log failed"),
         }
     }
 }

@@ -78,9 +78,13 @@ pub fn to_status(error: &Error) -> Status {
             name,
             expected,
             current,
+            changed_fields,
         } => {
             let mut m = meta([("resource", name.clone()), ("expected_etag", expected.clone())]);
             m.extend(meta(current_meta(current)));
+            if let Some(fields) = changed_fields {
+                m.insert("changed_fields".into(), fields.join(","));
+            }
             details.set_error_info("ETAG_MISMATCH", DOMAIN, m);
             details.set_resource_info(
                 kind.type_name,
@@ -238,6 +242,30 @@ pub fn to_status(error: &Error) -> Status {
         Error::Malformed(_) => {
             details.set_error_info("MALFORMED_REQUEST", DOMAIN, HashMap::new());
             Code::InvalidArgument
+        }
+        Error::RevisionCompacted { requested, oldest } => {
+            details.set_error_info(
+                "REVISION_COMPACTED",
+                DOMAIN,
+                meta([
+                    ("requested_revision", requested.to_string()),
+                    ("oldest_revision", oldest.to_string()),
+                ]),
+            );
+            Code::OutOfRange
+        }
+        Error::WatchTooSlow { resume_revision } => {
+            details.set_error_info(
+                "WATCH_TOO_SLOW",
+                DOMAIN,
+                meta([("resume_revision", resume_revision.to_string())]),
+            );
+            Code::Aborted
+        }
+        Error::StoreUnavailable(_) => {
+            details.set_error_info("STORE_UNAVAILABLE", DOMAIN, HashMap::new());
+            details.set_retry_info(Some(std::time::Duration::from_secs(1)));
+            Code::Unavailable
         }
         Error::Internal(_) => {
             details.set_error_info("INTERNAL", DOMAIN, HashMap::new());

@@ -1,47 +1,66 @@
 //! The behaviour every [`Store`] backend must show, as functions that take
-//! a fresh, empty store. Each backend's tests call all of them.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+//! a fresh, empty store (on etcd: a fresh prefix; other prefixes may be
+//! written meanwhile, so revisions are compared, never counted). Each
+//! backend's tests call all of them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use crate::{ChangeMeta, CommitError, Expect, IdempotencyMark, Mutation, Scan, Store};
+use std::sync::Arc;
+use std::time::Duration;
 
-fn put(key: &str, expect: Expect, value: &str) -> Mutation {
-    Mutation {
-        key: key.as_bytes().to_vec(),
-        expect,
-        value: Some(value.as_bytes().to_vec()),
-        claims: Vec::new(),
-        releases: Vec::new(),
-        change: ChangeMeta {
-            principal: "tester".into(),
-            request_id: String::new(),
-            time_unix_ms: 1,
-        },
-        idempotency: None,
+use futures::StreamExt;
+
+use crate::{
+    ChangeMeta, ChangeStream, Claim, Commit, CommitError, CounterDelta, Expect, IdempotencyMark, Read, Scan,
+    Store, StoreError, WatchItem, Write,
+};
+
+fn meta() -> ChangeMeta {
+    ChangeMeta {
+        principal: "tester".into(),
+        request_id: String::new(),
+        time_unix_ms: 1,
     }
 }
 
-fn delete(key: &str, revision: u64) -> Mutation {
-    Mutation {
-        value: None,
-        ..put(key, Expect::Revision(revision), "")
+fn write(key: &str, expect: Expect, value: Option<&str>) -> Write {
+    Write {
+        key: key.as_bytes().to_vec(),
+        expect,
+        value: value.map(|v| v.as_bytes().to_vec()),
+        operation: if value.is_none() { "delete" } else { "update" }.into(),
     }
+}
+
+fn put(key: &str, expect: Expect, value: &str) -> Commit {
+    Commit::of(write(key, expect, Some(value)), meta())
+}
+
+fn delete(key: &str, revision: u64) -> Commit {
+    Commit::of(write(key, Expect::Revision(revision), None), meta())
 }
 
 /// Creates succeed once; a second create sees the first.
 pub async fn create_is_exclusive(store: &impl Store) {
     let first = store.commit(put("t/vm/a", Expect::Absent, "one")).await.unwrap();
-    assert_eq!(first.revision, 1);
+    assert!(first.revision >= 1);
     let again = store.commit(put("t/vm/a", Expect::Absent, "two")).await;
     match again {
-        Err(CommitError::Conflict { current: Some(c) }) => {
-            assert_eq!(c.revision, 1);
+        Err(CommitError::Conflict {
+            key,
+            current: Some(c),
+        }) => {
+            assert_eq!(key, b"t/vm/a");
+            assert_eq!(c.revision, first.revision);
             assert_eq!(c.value, b"one");
         }
         other => panic!("expected a conflict, got {other:?}"),
     }
     let got = store.get(b"t/vm/a").await.unwrap().unwrap();
-    assert_eq!((got.revision, got.value.as_slice()), (1, &b"one"[..]));
-    assert_eq!(store.revision(), 1);
+    assert_eq!(
+        (got.revision, got.value.as_slice()),
+        (first.revision, &b"one"[..])
+    );
+    assert!(store.revision().await.unwrap() >= first.revision);
 }
 
 /// Updates and deletes apply only at the expected revision.
@@ -55,20 +74,30 @@ pub async fn writes_are_conditional(store: &impl Store) {
     let stale = store
         .commit(put("t/vm/a", Expect::Revision(created.revision), "v3"))
         .await;
-    assert!(matches!(stale, Err(CommitError::Conflict { current: Some(c) }) if c.value == b"v2"));
+    assert!(matches!(stale, Err(CommitError::Conflict { current: Some(c), .. }) if c.value == b"v2"));
     let missing = store.commit(put("t/vm/b", Expect::Revision(1), "x")).await;
-    assert!(matches!(missing, Err(CommitError::Conflict { current: None })));
+    assert!(matches!(
+        missing,
+        Err(CommitError::Conflict { current: None, .. })
+    ));
     store.commit(delete("t/vm/a", updated.revision)).await.unwrap();
     assert_eq!(store.get(b"t/vm/a").await.unwrap(), None);
+}
+
+fn claim(key: &str, owner: &str) -> Claim {
+    Claim {
+        key: key.as_bytes().to_vec(),
+        owner: owner.as_bytes().to_vec(),
+    }
 }
 
 /// A unique key has one owner at a time; releasing frees it.
 pub async fn unique_keys_have_one_owner(store: &impl Store) {
     let mut alice = put("t/user/alice", Expect::Absent, "a");
-    alice.claims.push(b"t/user/email/a@x".to_vec());
+    alice.claims.push(claim("t/user/email/a@x", "t/user/alice"));
     let a = store.commit(alice).await.unwrap();
     let mut bob = put("t/user/bob", Expect::Absent, "b");
-    bob.claims.push(b"t/user/email/a@x".to_vec());
+    bob.claims.push(claim("t/user/email/a@x", "t/user/bob"));
     match store.commit(bob.clone()).await {
         Err(CommitError::Taken { key, owner }) => {
             assert_eq!(key, b"t/user/email/a@x");
@@ -79,12 +108,15 @@ pub async fn unique_keys_have_one_owner(store: &impl Store) {
     assert_eq!(
         store.get(b"t/user/bob").await.unwrap(),
         None,
-        "a refused mutation writes nothing"
+        "a refused commit writes nothing"
     );
-    // Alice keeps her key on an update that claims it again.
-    let mut keep = put("t/user/alice", Expect::Revision(a.revision), "a2");
-    keep.claims.push(b"t/user/email/a@x".to_vec());
-    let a2 = store.commit(keep).await.unwrap();
+    // An update that keeps the key leaves it where it is.
+    let a2 = store
+        .commit(put("t/user/alice", Expect::Revision(a.revision), "a2"))
+        .await
+        .unwrap();
+    let owner = store.unique_owner(b"t/user/email/a@x").await.unwrap();
+    assert_eq!(owner.as_deref(), Some(&b"t/user/alice"[..]));
     let mut release = delete("t/user/alice", a2.revision);
     release.releases.push(b"t/user/email/a@x".to_vec());
     store.commit(release).await.unwrap();
@@ -92,13 +124,42 @@ pub async fn unique_keys_have_one_owner(store: &impl Store) {
     store.commit(bob).await.unwrap();
     let owner = store.unique_owner(b"t/user/email/a@x").await.unwrap();
     assert_eq!(owner.as_deref(), Some(&b"t/user/bob"[..]));
+    let mut seen = Vec::new();
+    store
+        .scan_unique(b"t/user/", &mut |key, owner| {
+            seen.push((key.to_vec(), owner.to_vec()));
+            Scan::Continue
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, [(b"t/user/email/a@x".to_vec(), b"t/user/bob".to_vec())]);
+}
+
+/// One commit moves a unique key from one object to another.
+pub async fn unique_keys_move_within_one_commit(store: &impl Store) {
+    let mut first = put("t/user/a", Expect::Absent, "a");
+    first.claims.push(claim("t/email/x", "t/user/a"));
+    let a = store.commit(first).await.unwrap();
+    let mut swap = Commit {
+        writes: vec![
+            write("t/user/a", Expect::Revision(a.revision), None),
+            write("t/user/b", Expect::Absent, Some("b")),
+        ],
+        change: meta(),
+        ..Commit::default()
+    };
+    swap.releases.push(b"t/email/x".to_vec());
+    swap.claims.push(claim("t/email/x", "t/user/b"));
+    store.commit(swap).await.unwrap();
+    let owner = store.unique_owner(b"t/email/x").await.unwrap();
+    assert_eq!(owner.as_deref(), Some(&b"t/user/b"[..]));
 }
 
 /// Concurrent creates of one key: exactly one wins.
-pub async fn concurrent_creates_have_one_winner<S: Store>(store: std::sync::Arc<S>) {
+pub async fn concurrent_creates_have_one_winner<S: Store>(store: Arc<S>) {
     let tasks: Vec<_> = (0..64)
         .map(|i| {
-            let store = std::sync::Arc::clone(&store);
+            let store = Arc::clone(&store);
             tokio::spawn(async move {
                 store
                     .commit(put("t/vm/race", Expect::Absent, &i.to_string()))
@@ -106,16 +167,17 @@ pub async fn concurrent_creates_have_one_winner<S: Store>(store: std::sync::Arc<
             })
         })
         .collect();
-    let mut wins = 0;
+    let mut wins = Vec::new();
     for task in tasks {
         match task.await.unwrap() {
-            Ok(_) => wins += 1,
-            Err(CommitError::Conflict { current: Some(_) }) => {}
+            Ok(done) => wins.push(done.revision),
+            Err(CommitError::Conflict { current: Some(_), .. }) => {}
             Err(e) => panic!("unexpected {e:?}"),
         }
     }
-    assert_eq!(wins, 1);
-    assert_eq!(store.revision(), 1);
+    assert_eq!(wins.len(), 1);
+    let stored = store.get(b"t/vm/race").await.unwrap().unwrap();
+    assert_eq!(stored.revision, wins[0]);
 }
 
 /// Scans see keys under a prefix in order and resume after a key.
@@ -125,7 +187,8 @@ pub async fn scans_are_ordered(store: &impl Store) {
     }
     let mut seen = Vec::new();
     store
-        .scan(b"t/vm/", None, &mut |key, _| {
+        .scan(b"t/vm/", None, &mut |key, stored| {
+            assert_eq!(stored.value, key);
             seen.push(String::from_utf8_lossy(key).into_owned());
             Scan::Continue
         })
@@ -143,53 +206,258 @@ pub async fn scans_are_ordered(store: &impl Store) {
     assert_eq!(seen, ["t/vm/b"]);
 }
 
-/// Every committed mutation is in the change log, with before and after.
-pub async fn changes_are_logged(store: &impl Store) {
-    let c = store.commit(put("t/vm/a", Expect::Absent, "v1")).await.unwrap();
+/// A scan larger than one page of the engine sees every object once.
+pub async fn large_scans_are_complete(store: &impl Store) {
+    for i in 0..1200 {
+        store
+            .commit(put(&format!("t/vm/{i:05}"), Expect::Absent, "x"))
+            .await
+            .unwrap();
+    }
+    let mut count = 0;
+    let mut last = Vec::new();
     store
-        .commit(put("t/vm/a", Expect::Revision(c.revision), "v2"))
+        .scan(b"t/vm/", None, &mut |key, _| {
+            assert!(key > last.as_slice(), "keys ascend");
+            last = key.to_vec();
+            count += 1;
+            Scan::Continue
+        })
         .await
         .unwrap();
-    let events = store.changes(0, 10).await.unwrap();
-    assert_eq!(events.len(), 2);
-    assert_eq!(events[1].before.as_deref(), Some(&b"v1"[..]));
-    assert_eq!(events[1].after.as_deref(), Some(&b"v2"[..]));
-    assert_eq!(events[1].principal, "tester");
-    assert_eq!(store.changes(1, 10).await.unwrap().len(), 1);
+    assert_eq!(count, 1200);
 }
 
-/// An idempotency mark is written with the mutation and expires.
+/// Several objects, unique keys and counters change at one revision, or
+/// none of them does.
+pub async fn commits_are_atomic(store: &impl Store) {
+    let both = Commit {
+        writes: vec![
+            write("t/vm/a", Expect::Absent, Some("a")),
+            write("t/vm/b", Expect::Absent, Some("b")),
+        ],
+        claims: vec![claim("t/vm/ip/1", "t/vm/a")],
+        counters: vec![CounterDelta {
+            key: b"t/count/vms".to_vec(),
+            delta: 2,
+            max: None,
+        }],
+        change: meta(),
+        ..Commit::default()
+    };
+    let done = store.commit(both).await.unwrap();
+    let a = store.get(b"t/vm/a").await.unwrap().unwrap();
+    let b = store.get(b"t/vm/b").await.unwrap().unwrap();
+    assert_eq!((a.revision, b.revision), (done.revision, done.revision));
+    assert_eq!(store.counter(b"t/count/vms").await.unwrap(), 2);
+    // The second write's precondition fails: the first write, the claim
+    // and the counter do not happen either.
+    let failing = Commit {
+        writes: vec![
+            write("t/vm/c", Expect::Absent, Some("c")),
+            write("t/vm/a", Expect::Absent, Some("again")),
+        ],
+        claims: vec![claim("t/vm/ip/2", "t/vm/c")],
+        counters: vec![CounterDelta {
+            key: b"t/count/vms".to_vec(),
+            delta: 1,
+            max: None,
+        }],
+        change: meta(),
+        ..Commit::default()
+    };
+    match store.commit(failing).await {
+        Err(CommitError::Conflict {
+            key,
+            current: Some(c),
+        }) => {
+            assert_eq!(key, b"t/vm/a");
+            assert_eq!(c.revision, done.revision);
+        }
+        other => panic!("expected a conflict on t/vm/a, got {other:?}"),
+    }
+    assert_eq!(store.get(b"t/vm/c").await.unwrap(), None);
+    assert_eq!(store.unique_owner(b"t/vm/ip/2").await.unwrap(), None);
+    assert_eq!(store.counter(b"t/count/vms").await.unwrap(), 2);
+    let twice = Commit {
+        writes: vec![
+            write("t/vm/d", Expect::Absent, Some("d")),
+            write("t/vm/d", Expect::Absent, Some("d")),
+        ],
+        ..Commit::default()
+    };
+    assert!(matches!(
+        store.commit(twice).await,
+        Err(CommitError::Store(StoreError::Invalid(_)))
+    ));
+}
+
+/// An object only read is a precondition like one written.
+pub async fn reads_are_preconditions(store: &impl Store) {
+    let flag = store.commit(put("t/vm/flag", Expect::Absent, "1")).await.unwrap();
+    let guarded = |value: &str, expect| Commit {
+        writes: vec![write("t/vm/x", Expect::Absent, Some(value))],
+        reads: vec![
+            Read {
+                key: b"t/vm/flag".to_vec(),
+                expect,
+            },
+            Read {
+                key: b"t/vm/none".to_vec(),
+                expect: Expect::Absent,
+            },
+        ],
+        change: meta(),
+        ..Commit::default()
+    };
+    let moved = store
+        .commit(put("t/vm/flag", Expect::Revision(flag.revision), "2"))
+        .await
+        .unwrap();
+    match store.commit(guarded("x", Expect::Revision(flag.revision))).await {
+        Err(CommitError::Conflict {
+            key,
+            current: Some(c),
+        }) => {
+            assert_eq!(key, b"t/vm/flag");
+            assert_eq!(c.revision, moved.revision);
+        }
+        other => panic!("expected a conflict on the read, got {other:?}"),
+    }
+    assert_eq!(store.get(b"t/vm/x").await.unwrap(), None);
+    store
+        .commit(guarded("x", Expect::Revision(moved.revision)))
+        .await
+        .unwrap();
+}
+
+/// Counters add up and refuse to pass their maximum.
+pub async fn counters_respect_limits(store: &impl Store) {
+    let step = |key: &str, delta| Commit {
+        writes: vec![write(key, Expect::Absent, Some("v"))],
+        counters: vec![CounterDelta {
+            key: b"t/count".to_vec(),
+            delta,
+            max: Some(2),
+        }],
+        change: meta(),
+        ..Commit::default()
+    };
+    store.commit(step("t/vm/1", 1)).await.unwrap();
+    store.commit(step("t/vm/2", 1)).await.unwrap();
+    match store.commit(step("t/vm/3", 1)).await {
+        Err(CommitError::Limit { key, value, max }) => {
+            assert_eq!((key.as_slice(), value, max), (&b"t/count"[..], 2, 2));
+        }
+        other => panic!("expected the limit, got {other:?}"),
+    }
+    assert_eq!(store.get(b"t/vm/3").await.unwrap(), None);
+    store.commit(step("t/vm/4", -1)).await.unwrap();
+    assert_eq!(store.counter(b"t/count").await.unwrap(), 1);
+    assert_eq!(store.counter(b"t/other").await.unwrap(), 0);
+}
+
+/// Concurrent increments for the last places under a maximum: exactly as
+/// many succeed as there are places.
+pub async fn concurrent_counters_are_exact<S: Store>(store: Arc<S>) {
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let c = Commit {
+                    writes: vec![write(&format!("t/vm/{i}"), Expect::Absent, Some("v"))],
+                    counters: vec![CounterDelta {
+                        key: b"t/quota".to_vec(),
+                        delta: 1,
+                        max: Some(5),
+                    }],
+                    change: meta(),
+                    ..Commit::default()
+                };
+                store.commit(c).await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(CommitError::Limit { .. }) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(ok, 5);
+    assert_eq!(store.counter(b"t/quota").await.unwrap(), 5);
+}
+
+fn mark(key: &str, expires_at_ms: i64, outcome: &str) -> IdempotencyMark {
+    IdempotencyMark {
+        key: key.as_bytes().to_vec(),
+        fingerprint: b"fp".to_vec(),
+        expires_at_ms,
+        outcome: outcome.as_bytes().to_vec(),
+    }
+}
+
+fn far_future() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    i64::try_from(now).unwrap() + 3_600_000
+}
+
+/// An idempotency record is written with the commit, and expires.
 pub async fn idempotency_records_outcomes(store: &impl Store) {
+    let until = far_future();
     let mut m = put("t/vm/a", Expect::Absent, "v1");
-    m.idempotency = Some(IdempotencyMark {
-        key: b"t/req-1".to_vec(),
-        fingerprint: b"fp".to_vec(),
-        expires_at_ms: 1_000,
-    });
+    m.idempotency = Some(mark("t/req-1", until, "outcome"));
     let c = store.commit(m).await.unwrap();
-    let record = store.idempotency(b"t/req-1", 999).await.unwrap().unwrap();
+    let record = store.idempotency(b"t/req-1", until - 1).await.unwrap().unwrap();
     assert_eq!(record.revision, c.revision);
-    assert_eq!(record.value, b"v1");
+    assert_eq!(record.value, b"outcome");
     assert_eq!(record.fingerprint, b"fp");
-    assert_eq!(store.idempotency(b"t/req-1", 1_000).await.unwrap(), None);
+    assert_eq!(store.idempotency(b"t/req-1", until).await.unwrap(), None);
     let mut refused = put("t/vm/a", Expect::Absent, "v2");
-    refused.idempotency = Some(IdempotencyMark {
-        key: b"t/req-2".to_vec(),
-        fingerprint: b"fp".to_vec(),
-        expires_at_ms: 1_000,
-    });
+    refused.idempotency = Some(mark("t/req-2", until, "x"));
     assert!(store.commit(refused).await.is_err());
     assert_eq!(
         store.idempotency(b"t/req-2", 0).await.unwrap(),
         None,
-        "no record for a refused mutation"
+        "no record for a refused commit"
     );
+}
+
+/// A second commit under one request id is refused with the first's
+/// record, and writes nothing.
+pub async fn request_ids_commit_once(store: &impl Store) {
+    let until = far_future();
+    let mut first = put("t/vm/a", Expect::Absent, "a");
+    first.idempotency = Some(mark("t/req", until, "first"));
+    let done = store.commit(first).await.unwrap();
+    let mut second = put("t/vm/b", Expect::Absent, "b");
+    second.idempotency = Some(mark("t/req", until, "second"));
+    match store.commit(second).await {
+        Err(CommitError::Recorded(record)) => {
+            assert_eq!(record.revision, done.revision);
+            assert_eq!(record.value, b"first");
+        }
+        other => panic!("expected the first outcome, got {other:?}"),
+    }
+    assert_eq!(store.get(b"t/vm/b").await.unwrap(), None);
+    // An expired record is no obstacle.
+    let mut old = put("t/vm/c", Expect::Absent, "c");
+    old.idempotency = Some(mark("t/old", 1_000, "old"));
+    store.commit(old).await.unwrap();
+    let mut again = put("t/vm/d", Expect::Absent, "d");
+    again.idempotency = Some(mark("t/old", until, "new"));
+    store.commit(again).await.unwrap();
 }
 
 /// Blobs are stored by digest, read back whole, and immutable.
 pub async fn blobs_round_trip(store: &impl Store) {
     assert_eq!(store.get_blob(b"d1").await.unwrap(), None);
-    let big = vec![7u8; 3 << 20];
+    let big: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect();
     store.put_blob(b"d1", big.clone()).await.unwrap();
     store.put_blob(b"d2", b"small".to_vec()).await.unwrap();
     assert_eq!(store.get_blob(b"d1").await.unwrap(), Some(big.clone()));
@@ -199,5 +467,195 @@ pub async fn blobs_round_trip(store: &impl Store) {
     );
     store.put_blob(b"d1", big.clone()).await.unwrap();
     assert_eq!(store.get_blob(b"d1").await.unwrap(), Some(big));
-    assert_eq!(store.revision(), 0, "blobs are not revisions");
+}
+
+/// The next item of a watch, within a deadline.
+pub async fn next_item(stream: &mut ChangeStream) -> Result<WatchItem, StoreError> {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the watch delivered nothing within 10 s")
+        .expect("the watch ended")
+}
+
+/// The next group of changes, skipping progress reports.
+pub async fn next_changes(stream: &mut ChangeStream) -> Vec<crate::ChangeEvent> {
+    loop {
+        match next_item(stream).await.unwrap() {
+            WatchItem::Changes(changes) => return changes,
+            WatchItem::Progress(_) => {}
+        }
+    }
+}
+
+/// A watch delivers the prefix's commits from its start revision, one
+/// item per commit, with before and after, and nothing else.
+pub async fn watch_delivers_commits(store: &impl Store) {
+    let first = store.commit(put("w/vm/a", Expect::Absent, "a1")).await.unwrap();
+    let mut from_first = store.watch(b"w/", first.revision).await.unwrap();
+    let mut live = store.watch(b"w/", 0).await.unwrap();
+    store
+        .commit(put("other/vm/a", Expect::Absent, "x"))
+        .await
+        .unwrap();
+    let pair = Commit {
+        writes: vec![
+            write("w/vm/b", Expect::Absent, Some("b1")),
+            write("w/vm/a", Expect::Revision(first.revision), Some("a2")),
+        ],
+        change: ChangeMeta {
+            principal: "alice".into(),
+            request_id: "r-1".into(),
+            time_unix_ms: 7,
+        },
+        ..Commit::default()
+    };
+    let second = store.commit(pair).await.unwrap();
+    let created = next_changes(&mut from_first).await;
+    assert_eq!(created.len(), 1);
+    assert_eq!(
+        (created[0].revision, created[0].after.as_deref()),
+        (first.revision, Some(&b"a1"[..]))
+    );
+    for stream in [&mut from_first, &mut live] {
+        let group = next_changes(stream).await;
+        assert_eq!(group.len(), 2, "one commit, one item: {group:?}");
+        assert_eq!(group[0].key, b"w/vm/a");
+        assert_eq!(group[0].before.as_deref(), Some(&b"a1"[..]));
+        assert_eq!(group[0].after.as_deref(), Some(&b"a2"[..]));
+        assert_eq!(group[1].key, b"w/vm/b");
+        assert_eq!(group[1].before, None);
+        for change in &group {
+            assert_eq!(change.revision, second.revision);
+            assert_eq!(
+                (change.principal.as_str(), change.request_id.as_str()),
+                ("alice", "r-1")
+            );
+            assert_eq!(change.time_unix_ms, 7);
+            assert_eq!(change.operation, "update");
+        }
+    }
+    store.commit(delete("w/vm/b", second.revision)).await.unwrap();
+    let gone = next_changes(&mut live).await;
+    assert_eq!(
+        (gone[0].after.as_deref(), gone[0].before.as_deref()),
+        (None, Some(&b"b1"[..]))
+    );
+}
+
+/// Under a write load, a watcher that resumes from its last revision + 1
+/// sees every change exactly once, in order.
+pub async fn watch_resumes_without_gaps<S: Store>(store: Arc<S>) {
+    let writer = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            for i in 0..200 {
+                store
+                    .commit(put(&format!("r/vm/{i:03}"), Expect::Absent, "v"))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut seen: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut next = 1;
+    while seen.len() < 200 {
+        let mut stream = store.watch(b"r/", next).await.unwrap();
+        // Read a few, then drop the stream as a disconnecting client would.
+        for _ in 0..7 {
+            if seen.len() == 200 {
+                break;
+            }
+            for change in next_changes(&mut stream).await {
+                assert!(change.revision >= next, "nothing twice");
+                next = change.revision + 1;
+                seen.push((change.revision, change.key));
+            }
+        }
+    }
+    writer.await.unwrap();
+    let keys: Vec<_> = seen.iter().map(|(_, k)| k.clone()).collect();
+    let expected: Vec<_> = (0..200).map(|i| format!("r/vm/{i:03}").into_bytes()).collect();
+    assert_eq!(keys, expected, "every change once, in commit order");
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
+}
+
+/// An idle watch reports its progress.
+pub async fn idle_watch_reports_progress(store: &impl Store) {
+    let done = store.commit(put("p/vm/a", Expect::Absent, "a")).await.unwrap();
+    let mut stream = store.watch(b"p/", done.revision + 1).await.unwrap();
+    store.commit(put("q/vm/a", Expect::Absent, "a")).await.unwrap();
+    match next_item(&mut stream).await.unwrap() {
+        WatchItem::Progress(revision) => assert!(revision >= done.revision),
+        other => panic!("expected progress, got {other:?}"),
+    }
+}
+
+/// An object's history, newest first, pages by revision, and old versions
+/// can be read back.
+pub async fn history_lists_changes(store: &impl Store) {
+    let mut revisions = Vec::new();
+    let mut last = store.commit(put("h/vm/a", Expect::Absent, "v0")).await.unwrap();
+    revisions.push(last.revision);
+    for i in 1..5 {
+        store
+            .commit(put(&format!("h/vm/noise{i}"), Expect::Absent, "n"))
+            .await
+            .unwrap();
+        last = store
+            .commit(put("h/vm/a", Expect::Revision(last.revision), &format!("v{i}")))
+            .await
+            .unwrap();
+        revisions.push(last.revision);
+    }
+    let all = store.history(b"h/vm/a", 0, 100).await.unwrap();
+    let got: Vec<_> = all.iter().map(|e| e.revision).collect();
+    let mut newest_first = revisions.clone();
+    newest_first.reverse();
+    assert_eq!(got, newest_first);
+    assert_eq!(all[0].after.as_deref(), Some(&b"v4"[..]));
+    assert_eq!(all[0].before.as_deref(), Some(&b"v3"[..]));
+    assert_eq!(all[4].before, None);
+    let page = store.history(b"h/vm/a", revisions[3], 2).await.unwrap();
+    let got: Vec<_> = page.iter().map(|e| e.revision).collect();
+    assert_eq!(got, [revisions[2], revisions[1]]);
+    let old = store.get_at(b"h/vm/a", revisions[1]).await.unwrap().unwrap();
+    assert_eq!((old.revision, old.value.as_slice()), (revisions[1], &b"v1"[..]));
+    assert_eq!(store.get_at(b"h/vm/a", revisions[1] + 1).await.unwrap(), None);
+    store.commit(delete("h/vm/a", last.revision)).await.unwrap();
+    let after_delete = store.history(b"h/vm/a", 0, 1).await.unwrap();
+    assert_eq!(after_delete[0].after, None, "a deleted object keeps its history");
+    assert!(store.history(b"h/vm/none", 0, 10).await.unwrap().is_empty());
+}
+
+/// Compaction forgets old changes: a watch or read from before it fails
+/// with the oldest retained revision, one from after it works.
+pub async fn compaction_bounds_history(store: &impl Store) {
+    let old = store.commit(put("c/vm/a", Expect::Absent, "v1")).await.unwrap();
+    let newer = store
+        .commit(put("c/vm/a", Expect::Revision(old.revision), "v2"))
+        .await
+        .unwrap();
+    let now = far_future() - 3_600_000;
+    let oldest = store.compact(now + 1, now).await.unwrap();
+    assert!(oldest > old.revision, "oldest {oldest} after {}", old.revision);
+    match store.watch(b"c/", old.revision).await {
+        Err(StoreError::Compacted { requested, oldest: o }) => {
+            assert_eq!((requested, o), (old.revision, oldest));
+        }
+        Err(e) => panic!("expected compacted, got {e:?}"),
+        Ok(_) => panic!("expected compacted, got a stream"),
+    }
+    assert!(matches!(
+        store.get_at(b"c/vm/a", old.revision).await,
+        Err(StoreError::Compacted { .. })
+    ));
+    let current = store.get(b"c/vm/a").await.unwrap().unwrap();
+    assert_eq!(current.revision, newer.revision, "compaction keeps the objects");
+    let mut stream = store.watch(b"c/", oldest).await.unwrap();
+    let later = store
+        .commit(put("c/vm/a", Expect::Revision(newer.revision), "v3"))
+        .await
+        .unwrap();
+    let changes = next_changes(&mut stream).await;
+    assert_eq!(changes.last().map(|c| c.revision), Some(later.revision));
 }

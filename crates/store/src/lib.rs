@@ -1,29 +1,46 @@
 //! Arbiter's storage layer: a small key-value contract that the resource
-//! engine in `arbiter-core` builds on, and its embedded RocksDB engine.
+//! engine in `arbiter-core` builds on, and its two engines.
 //!
 //! # Layout
 //! - [`Store`]: the trait every backend implements. Reads are direct; every
-//!   write is a [`Mutation`] of one object, conditional on the object's
-//!   revision, that also claims or releases unique keys and may record an
-//!   idempotency outcome, all atomically.
-//! - [`rocks`]: the RocksDB engine. One sequencer thread applies mutations in
-//!   batches (group commit) with one global revision counter and a synced WAL.
+//!   write is one [`Commit`]: conditional writes of any number of objects,
+//!   preconditions on objects it only read, unique keys claimed and
+//!   released, counters moved and an idempotency record, all or nothing at
+//!   one revision. Every commit is kept in the change log, which
+//!   [`Store::watch`] follows and [`Store::history`] reads per object.
+//! - [`rocks`]: the embedded RocksDB engine. One sequencer thread applies
+//!   commits in batches (group commit) with one global revision counter and
+//!   a synced WAL.
+//! - [`etcd`]: the engine on an etcd cluster, so that several replicas
+//!   serve as one. Each commit is one etcd transaction; revisions are
+//!   etcd's.
+//! - [`any`]: [`AnyStore`], either engine behind one type.
 //! - [`model`]: the records the engines persist (change events,
 //!   idempotency records).
 //!
-//! Keys are opaque bytes here; `arbiter-core` decides their shape.
+//! Keys are opaque bytes here; `arbiter-core` decides their shape. They
+//! never contain a NUL byte.
 
+pub mod any;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod etcd;
 pub mod model;
 pub mod rocks;
+#[cfg(feature = "conformance")]
+pub mod testing;
 
 use std::future::Future;
+use std::pin::Pin;
 
+use futures::Stream;
+
+pub use any::AnyStore;
+pub use etcd::{EtcdOptions, EtcdStore};
 pub use model::{ChangeEvent, IdempotencyRecord};
 pub use rocks::{RocksOptions, RocksStore};
 
-/// A value with the global revision of the write that produced it.
+/// A value with the revision of the write that produced it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned {
     /// Revision of the last write of this key.
@@ -32,13 +49,16 @@ pub struct Versioned {
     pub value: Vec<u8>,
 }
 
-/// What the object must look like for a [`Mutation`] to apply.
+/// What an object must look like for a [`Commit`] to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
     /// The key must not exist (create).
     Absent,
     /// The key must exist at exactly this revision.
     Revision(u64),
+    /// Whatever the key holds (a blind write, e.g. of a marker that
+    /// watchers follow).
+    Any,
 }
 
 /// Who made a change and why, recorded in the change log.
@@ -61,41 +81,147 @@ pub struct IdempotencyMark {
     pub fingerprint: Vec<u8>,
     /// When the record may be forgotten, in Unix milliseconds.
     pub expires_at_ms: i64,
+    /// What to answer a retry with (the caller's encoding).
+    pub outcome: Vec<u8>,
 }
 
-/// One atomic, conditional change of one object and its unique keys.
+impl IdempotencyMark {
+    /// The mark with the outcome a retry gets.
+    pub fn with_outcome(mut self, outcome: Vec<u8>) -> Self {
+        self.outcome = outcome;
+        self
+    }
+}
+
+/// A conditional write of one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mutation {
+pub struct Write {
     /// The object's key.
     pub key: Vec<u8>,
     /// The precondition on the object.
     pub expect: Expect,
     /// The new value; `None` deletes the object.
     pub value: Option<Vec<u8>>,
-    /// Unique keys the object must hold afterwards; each must be free or
-    /// already held by this object.
-    pub claims: Vec<Vec<u8>>,
-    /// Unique keys the object gives up.
+    /// What the change was ("create", "update", "start", ...), for the log.
+    pub operation: String,
+}
+
+/// A precondition on an object the commit reads but does not write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read {
+    /// The object's key.
+    pub key: Vec<u8>,
+    /// What it must still look like.
+    pub expect: Expect,
+}
+
+/// A unique key taken by an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The unique key; it must be free, or released by the same commit.
+    pub key: Vec<u8>,
+    /// The key of the object that holds it afterwards.
+    pub owner: Vec<u8>,
+}
+
+/// A change of a counter (e.g. the number of a tenant's VMs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterDelta {
+    /// The counter's key.
+    pub key: Vec<u8>,
+    /// How much to add; negative to subtract.
+    pub delta: i64,
+    /// The commit fails with [`CommitError::Limit`] if an increase would
+    /// take the counter above this.
+    pub max: Option<i64>,
+}
+
+/// One atomic commit: everything in it applies at one revision, or nothing
+/// does. Each object key is written at most once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Commit {
+    /// The objects written.
+    pub writes: Vec<Write>,
+    /// Objects read and relied on.
+    pub reads: Vec<Read>,
+    /// Unique keys taken.
+    pub claims: Vec<Claim>,
+    /// Unique keys given up.
     pub releases: Vec<Vec<u8>>,
+    /// Counters moved.
+    pub counters: Vec<CounterDelta>,
     /// Who and when, for the change log.
     pub change: ChangeMeta,
-    /// Record the outcome under this request id.
+    /// Record the outcome under this request id. The record must not
+    /// exist yet: a second commit under one id fails with
+    /// [`CommitError::Recorded`], whichever replica sends it.
     pub idempotency: Option<IdempotencyMark>,
+}
+
+impl Commit {
+    /// A commit of one write.
+    pub fn of(write: Write, change: ChangeMeta) -> Self {
+        Self {
+            writes: vec![write],
+            change,
+            ..Self::default()
+        }
+    }
+
+    /// Checks the shape of the commit: no object key written twice or both
+    /// read and written, no unique key claimed twice.
+    pub fn check_shape(&self) -> Result<(), StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        for key in self
+            .writes
+            .iter()
+            .map(|w| &w.key)
+            .chain(self.reads.iter().map(|r| &r.key))
+        {
+            if !seen.insert(key) {
+                return Err(StoreError::Invalid(format!(
+                    "object {} appears twice in one commit",
+                    String::from_utf8_lossy(key)
+                )));
+            }
+        }
+        let mut claimed = std::collections::HashSet::new();
+        for claim in &self.claims {
+            if !claimed.insert(&claim.key) {
+                return Err(StoreError::Invalid(format!(
+                    "unique key {} is claimed twice in one commit",
+                    String::from_utf8_lossy(&claim.key)
+                )));
+            }
+        }
+        let mut counted = std::collections::HashSet::new();
+        for counter in &self.counters {
+            if !counted.insert(&counter.key) {
+                return Err(StoreError::Invalid(format!(
+                    "counter {} moves twice in one commit",
+                    String::from_utf8_lossy(&counter.key)
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A successful commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Committed {
-    /// The revision assigned to the mutation.
+    /// The revision assigned to the commit.
     pub revision: u64,
 }
 
-/// Why a mutation did not apply.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why a commit did not apply.
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CommitError {
-    /// The object was not as expected; `current` is what is stored now.
-    #[error("the object is not at the expected revision")]
+    /// An object was not as expected; `current` is what is stored now.
+    #[error("object {} is not at the expected revision", String::from_utf8_lossy(.key))]
     Conflict {
+        /// The object's key.
+        key: Vec<u8>,
         /// The stored object, if any.
         current: Option<Versioned>,
     },
@@ -107,6 +233,19 @@ pub enum CommitError {
         /// The key of the object that holds it.
         owner: Vec<u8>,
     },
+    /// A counter would go above its maximum.
+    #[error("counter {} is at its limit", String::from_utf8_lossy(.key))]
+    Limit {
+        /// The counter's key.
+        key: Vec<u8>,
+        /// Its value now.
+        value: i64,
+        /// The maximum.
+        max: i64,
+    },
+    /// The idempotency record already exists: the request was committed.
+    #[error("the request was already committed")]
+    Recorded(IdempotencyRecord),
     /// The store failed; nothing was written.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -118,6 +257,10 @@ pub enum StoreError {
     /// The engine reported an error.
     #[error("storage engine error: {0}")]
     Engine(String),
+    /// The store cannot be reached (etcd down or partitioned away); the
+    /// request may be retried later.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
     /// A stored record could not be decoded.
     #[error("corrupt record under key {key:?}: {reason}")]
     Corrupt {
@@ -126,6 +269,17 @@ pub enum StoreError {
         /// What was wrong.
         reason: String,
     },
+    /// The revision asked for is no longer retained.
+    #[error("revision {requested} is compacted; the oldest retained is {oldest}")]
+    Compacted {
+        /// The revision asked for.
+        requested: u64,
+        /// The oldest revision still retained.
+        oldest: u64,
+    },
+    /// The caller asked for something the contract does not allow.
+    #[error("invalid store request: {0}")]
+    Invalid(String),
     /// The store is shutting down.
     #[error("the store is closed")]
     Closed,
@@ -140,23 +294,48 @@ pub enum Scan {
     Stop,
 }
 
+/// What a watch delivers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchItem {
+    /// Every change of one commit under the watched prefix, in key order;
+    /// all share one revision.
+    Changes(Vec<ChangeEvent>),
+    /// Every change up to this revision has been delivered.
+    Progress(u64),
+}
+
+/// How often an idle watch reports how far it has got.
+pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A stream of changes; it ends with an error when it cannot go on.
+pub type ChangeStream = Pin<Box<dyn Stream<Item = Result<WatchItem, StoreError>> + Send>>;
+
 /// The storage contract every backend implements.
 ///
-/// Reads see every mutation whose commit has returned. Mutations are
-/// linearizable: each gets the next global revision, and a batch of them is
-/// durable before any of their commits returns.
+/// Reads see every commit that has returned. Commits are linearizable:
+/// each gets a revision higher than every earlier one, and is durable
+/// before it returns.
 pub trait Store: Send + Sync + 'static {
     /// Reads one object.
     fn get(&self, key: &[u8]) -> impl Future<Output = Result<Option<Versioned>, StoreError>> + Send;
 
+    /// Reads the version of an object that `revision` wrote, while the
+    /// change log retains it; `None` if that revision did not write it.
+    fn get_at(
+        &self,
+        key: &[u8],
+        revision: u64,
+    ) -> impl Future<Output = Result<Option<Versioned>, StoreError>> + Send;
+
     /// Visits objects whose key starts with `prefix`, in key order, starting
-    /// after `start_after` when given, from one consistent snapshot.
+    /// after `start_after` when given, from one consistent snapshot; returns
+    /// the revision of that snapshot.
     fn scan(
         &self,
         prefix: &[u8],
         start_after: Option<&[u8]>,
         visit: &mut (dyn FnMut(&[u8], Versioned) -> Scan + Send),
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Visits unique-index entries (key, owner) whose key starts with `prefix`.
     fn scan_unique(
@@ -168,6 +347,9 @@ pub trait Store: Send + Sync + 'static {
     /// The object key that holds a unique key.
     fn unique_owner(&self, key: &[u8]) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
 
+    /// A counter's value; 0 if it was never moved.
+    fn counter(&self, key: &[u8]) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
     /// The unexpired idempotency record under `key`.
     fn idempotency(
         &self,
@@ -175,8 +357,8 @@ pub trait Store: Send + Sync + 'static {
         now_unix_ms: i64,
     ) -> impl Future<Output = Result<Option<IdempotencyRecord>, StoreError>> + Send;
 
-    /// Applies a mutation atomically and durably, or says why not.
-    fn commit(&self, mutation: Mutation) -> impl Future<Output = Result<Committed, CommitError>> + Send;
+    /// Applies a commit atomically and durably, or says why not.
+    fn commit(&self, commit: Commit) -> impl Future<Output = Result<Committed, CommitError>> + Send;
 
     /// Stores `bytes` under their content digest, durably. Blobs are
     /// immutable: putting the same digest again changes nothing.
@@ -185,13 +367,37 @@ pub trait Store: Send + Sync + 'static {
     /// The blob stored under `digest`.
     fn get_blob(&self, digest: &[u8]) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
 
-    /// Change events after `after`, oldest first, at most `limit`.
-    fn changes(
+    /// The revision of the last commit.
+    fn revision(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Follows the changes of objects under `prefix` from revision `start`
+    /// on (0: from the next commit on), each exactly once, in revision
+    /// order. A `start` older than the retained log fails with
+    /// [`StoreError::Compacted`]. Slow readers never slow commits.
+    fn watch(
         &self,
-        after: u64,
+        prefix: &[u8],
+        start: u64,
+    ) -> impl Future<Output = Result<ChangeStream, StoreError>> + Send;
+
+    /// The retained changes of one object, newest first, those before
+    /// revision `before` (0: all), at most `limit`.
+    fn history(
+        &self,
+        key: &[u8],
+        before: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<ChangeEvent>, StoreError>> + Send;
 
-    /// The revision of the last committed mutation.
-    fn revision(&self) -> u64;
+    /// Forgets changes made before `cutoff_unix_ms` and idempotency records
+    /// expired by `now_unix_ms`; returns the oldest revision still
+    /// retained. Run periodically by the server.
+    fn compact(
+        &self,
+        cutoff_unix_ms: i64,
+        now_unix_ms: i64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Checks that the store can serve: a cheap linearizable read.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

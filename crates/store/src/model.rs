@@ -1,8 +1,8 @@
 //! Records the engines persist besides the objects themselves, encoded as
 //! protobuf so that their layout can grow compatibly.
 
-/// One entry of the change log: what a committed mutation did, for audit
-/// and (later) watch.
+/// One entry of the change log: what a commit did to one object, for
+/// watch, history and audit.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ChangeEvent {
     /// The revision the mutation was assigned.
@@ -26,6 +26,9 @@ pub struct ChangeEvent {
     /// When, in Unix milliseconds.
     #[prost(int64, tag = "7")]
     pub time_unix_ms: i64,
+    /// What the change was ("create", "update", "start", ...).
+    #[prost(string, tag = "8")]
+    pub operation: String,
 }
 
 /// The remembered outcome of a mutating request (AIP-155).

@@ -1,19 +1,24 @@
 //! The embedded RocksDB engine.
 //!
 //! Column families: `objects` (key → revision ‖ value), `unique` (unique key
-//! → owning object key), `log` (revision → [`ChangeEvent`]), `requests`
-//! (idempotency key → [`IdempotencyRecord`]), `blobs` (content digest →
-//! bytes, e.g. policy modules, kept in RocksDB's blob files) and `meta` (the
-//! revision counter).
+//! → owning object key), `counters` (key → i64), `log` (revision ‖ index →
+//! [`ChangeEvent`]), `history` (object key ‖ NUL ‖ revision → index, the
+//! per-object view of the log), `requests` (idempotency key →
+//! [`IdempotencyRecord`]), `blobs` (content digest → bytes, e.g. policy
+//! modules, kept in RocksDB's blob files) and `meta` (the revision counter
+//! and the oldest retained revision).
 //!
-//! Reads go straight to RocksDB. Writes go through one sequencer thread:
-//! it takes every mutation that is waiting, checks each against the stored
+//! Reads go straight to RocksDB. Commits go through one sequencer thread:
+//! it takes every commit that is waiting, checks each against the stored
 //! state plus the batch so far, assigns revisions, and writes the whole
 //! batch as one `WriteBatch` with a synced WAL before answering any of them
 //! (group commit). So an acknowledged write survives `kill -9`, and under
-//! load one fsync serves many writes.
+//! load one fsync serves many writes. After the write it publishes the
+//! batch's change events to the watchers, without ever waiting for them.
 
-use std::collections::HashMap;
+mod sequencer;
+mod watch;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,21 +28,39 @@ use prost::Message;
 use rocksdb::{
     BlockBasedOptions, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::{
-    ChangeEvent, CommitError, Committed, Expect, IdempotencyRecord, Mutation, Scan, Store, StoreError,
+    ChangeEvent, ChangeStream, Commit, CommitError, Committed, IdempotencyRecord, Scan, Store, StoreError,
     Versioned,
 };
+use sequencer::{Pending, Sequencer};
 
 const CF_OBJECTS: &str = "objects";
 const CF_UNIQUE: &str = "unique";
+const CF_COUNTERS: &str = "counters";
 const CF_LOG: &str = "log";
+const CF_HISTORY: &str = "history";
 const CF_REQUESTS: &str = "requests";
 const CF_META: &str = "meta";
 const CF_BLOBS: &str = "blobs";
-const COLUMN_FAMILIES: [&str; 6] = [CF_OBJECTS, CF_UNIQUE, CF_LOG, CF_REQUESTS, CF_META, CF_BLOBS];
+const COLUMN_FAMILIES: [&str; 8] = [
+    CF_OBJECTS,
+    CF_UNIQUE,
+    CF_COUNTERS,
+    CF_LOG,
+    CF_HISTORY,
+    CF_REQUESTS,
+    CF_META,
+    CF_BLOBS,
+];
 const REVISION_KEY: &[u8] = b"revision";
+const OLDEST_KEY: &[u8] = b"oldest";
+/// Batches of change events the watchers' feed holds before a slow
+/// watcher falls behind and re-reads the log.
+const FEED_CAPACITY: usize = 1024;
+/// How often expired idempotency records are looked for (a full scan).
+const PURGE_REQUESTS_EVERY_MS: i64 = 15 * 60 * 1000;
 
 /// Tuning of the RocksDB engine.
 #[derive(Debug, Clone)]
@@ -45,9 +68,9 @@ pub struct RocksOptions {
     /// Sync the WAL before acknowledging a write. Only benchmarks turn this
     /// off: without it an acknowledged write can be lost on power failure.
     pub fsync: bool,
-    /// Most mutations committed in one batch.
+    /// Most commits applied in one batch.
     pub max_batch: usize,
-    /// Mutations that may wait for the sequencer before callers wait too.
+    /// Commits that may wait for the sequencer before callers wait too.
     pub queue_depth: usize,
 }
 
@@ -61,17 +84,150 @@ impl Default for RocksOptions {
     }
 }
 
-struct Pending {
-    mutation: Mutation,
-    reply: oneshot::Sender<Result<Committed, CommitError>>,
+/// State shared by the store handle, the sequencer and the watchers.
+pub(crate) struct Shared {
+    db: DB,
+    /// The last committed revision.
+    revision: AtomicU64,
+    /// The oldest revision the log retains.
+    oldest: AtomicU64,
+    /// Every committed batch's change events, for watchers.
+    feed: broadcast::Sender<Arc<Vec<ChangeEvent>>>,
+    /// When expired request records were last purged (Unix ms).
+    purged_at: std::sync::atomic::AtomicI64,
+}
+
+impl Shared {
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StoreError::Engine(format!("column family {name} is missing")))
+    }
+
+    fn object(&self, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
+        let raw = self.db.get_pinned_cf(self.cf(CF_OBJECTS)?, key).map_err(engine)?;
+        raw.map(|raw| decode_object(key, &raw)).transpose()
+    }
+
+    fn counter(&self, key: &[u8]) -> Result<i64, StoreError> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_COUNTERS)?, key)
+            .map_err(engine)?
+        {
+            None => Ok(0),
+            Some(raw) => {
+                let bytes: [u8; 8] = (*raw)
+                    .try_into()
+                    .map_err(|_| corrupt(key, "counter is not 8 bytes"))?;
+                Ok(i64::from_be_bytes(bytes))
+            }
+        }
+    }
+
+    fn request(&self, key: &[u8]) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let Some(raw) = self
+            .db
+            .get_pinned_cf(self.cf(CF_REQUESTS)?, key)
+            .map_err(engine)?
+        else {
+            return Ok(None);
+        };
+        IdempotencyRecord::decode(&*raw)
+            .map(Some)
+            .map_err(|e| corrupt(key, e.to_string()))
+    }
+
+    /// Change events with revisions from `from` through `to`, oldest first.
+    fn log_range(&self, from: u64, to: u64) -> Result<Vec<ChangeEvent>, StoreError> {
+        let start = from.to_be_bytes();
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_LOG)?, IteratorMode::From(&start, Direction::Forward))
+        {
+            let (key, raw) = item.map_err(engine)?;
+            let event = ChangeEvent::decode(&*raw).map_err(|e| corrupt(&key, e.to_string()))?;
+            if event.revision > to {
+                break;
+            }
+            out.push(event);
+        }
+        Ok(out)
+    }
+
+    fn log_entry(&self, revision: u64, index: &[u8]) -> Result<Option<ChangeEvent>, StoreError> {
+        let key = log_key(revision, index);
+        let raw = self.db.get_pinned_cf(self.cf(CF_LOG)?, &key).map_err(engine)?;
+        raw.map(|raw| ChangeEvent::decode(&*raw).map_err(|e| corrupt(&key, e.to_string())))
+            .transpose()
+    }
+
+    /// Deletes log entries older than the cutoff (and their history index
+    /// entries) and expired request records; returns the oldest retained
+    /// revision.
+    fn compact(&self, cutoff_unix_ms: i64, now_unix_ms: i64) -> Result<u64, StoreError> {
+        let shared = self;
+        let (log, history, requests) = (
+            shared.cf(CF_LOG)?,
+            shared.cf(CF_HISTORY)?,
+            shared.cf(CF_REQUESTS)?,
+        );
+        let mut batch = WriteBatch::default();
+        let current = shared.revision.load(Ordering::Acquire);
+        let mut oldest = current + 1;
+        // Start at the oldest retained entry: what lies before it is
+        // deleted, and iterating over deletions costs time.
+        let from = shared.oldest.load(Ordering::Acquire).to_be_bytes();
+        for item in shared
+            .db
+            .iterator_cf(log, IteratorMode::From(&from, Direction::Forward))
+        {
+            let (key, raw) = item.map_err(engine)?;
+            let event = ChangeEvent::decode(&*raw).map_err(|e| corrupt(&key, e.to_string()))?;
+            if event.time_unix_ms >= cutoff_unix_ms {
+                oldest = event.revision;
+                break;
+            }
+            batch.delete_cf(log, &key);
+            batch.delete_cf(history, history_key(&event.key, event.revision));
+        }
+        let last = shared.purged_at.load(Ordering::Acquire);
+        if now_unix_ms.saturating_sub(last) >= PURGE_REQUESTS_EVERY_MS {
+            shared.purged_at.store(now_unix_ms, Ordering::Release);
+            for item in shared.db.iterator_cf(requests, IteratorMode::Start) {
+                let (key, raw) = item.map_err(engine)?;
+                let record = IdempotencyRecord::decode(&*raw).map_err(|e| corrupt(&key, e.to_string()))?;
+                if record.expires_at_ms <= now_unix_ms {
+                    batch.delete_cf(requests, &key);
+                }
+            }
+        }
+        // Watchers check `oldest` before they read the log: raise it first.
+        let oldest = oldest.max(shared.oldest.load(Ordering::Acquire));
+        shared.oldest.fetch_max(oldest, Ordering::AcqRel);
+        batch.put_cf(shared.cf(CF_META)?, OLDEST_KEY, oldest.to_be_bytes());
+        shared.db.write(batch).map_err(engine)?;
+        Ok(oldest)
+    }
+
+    fn check_retained(&self, revision: u64) -> Result<(), StoreError> {
+        let oldest = self.oldest.load(Ordering::Acquire);
+        if revision < oldest {
+            return Err(StoreError::Compacted {
+                requested: revision,
+                oldest,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The RocksDB store. Cheap to share behind an `Arc`; dropping the last
 /// handle stops the sequencer after it has written what it accepted.
 pub struct RocksStore {
-    db: Arc<DB>,
+    shared: Arc<Shared>,
     fsync: bool,
-    revision: Arc<AtomicU64>,
     queue: Option<mpsc::Sender<Pending>>,
     sequencer: Option<JoinHandle<()>>,
 }
@@ -79,17 +235,17 @@ pub struct RocksStore {
 impl std::fmt::Debug for RocksStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RocksStore")
-            .field("path", &self.db.path())
-            .field("revision", &self.revision())
+            .field("path", &self.shared.db.path())
+            .field("revision", &self.shared.revision.load(Ordering::Acquire))
             .finish()
     }
 }
 
-fn engine(e: rocksdb::Error) -> StoreError {
+pub(crate) fn engine(e: rocksdb::Error) -> StoreError {
     StoreError::Engine(e.into_string())
 }
 
-fn corrupt(key: &[u8], reason: impl Into<String>) -> StoreError {
+pub(crate) fn corrupt(key: &[u8], reason: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         reason: reason.into(),
@@ -113,6 +269,27 @@ fn decode_object(key: &[u8], raw: &[u8]) -> Result<Versioned, StoreError> {
     })
 }
 
+/// The log key of the `index`-th change of a revision.
+fn log_key(revision: u64, index: &[u8]) -> Vec<u8> {
+    let mut key = revision.to_be_bytes().to_vec();
+    key.extend_from_slice(index);
+    key
+}
+
+/// The history key of an object's change at `revision`.
+fn history_key(key: &[u8], revision: u64) -> Vec<u8> {
+    let mut out = history_prefix(key);
+    out.extend_from_slice(&revision.to_be_bytes());
+    out
+}
+
+fn history_prefix(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 9);
+    out.extend_from_slice(key);
+    out.push(0);
+    out
+}
+
 fn column_options(name: &str) -> Options {
     let mut opts = Options::default();
     if name == CF_BLOBS {
@@ -128,6 +305,19 @@ fn column_options(name: &str) -> Options {
     opts
 }
 
+fn read_u64(db: &DB, cf: &rocksdb::ColumnFamily, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    match db.get_cf(cf, key).map_err(engine)? {
+        None => Ok(None),
+        Some(raw) => {
+            let bytes: [u8; 8] = raw
+                .as_slice()
+                .try_into()
+                .map_err(|_| corrupt(key, "not 8 bytes"))?;
+            Ok(Some(u64::from_be_bytes(bytes)))
+        }
+    }
+}
+
 impl RocksStore {
     /// Opens (or creates) the store in `path` and starts its sequencer.
     pub fn open(path: &Path, options: RocksOptions) -> Result<Self, StoreError> {
@@ -138,48 +328,41 @@ impl RocksStore {
         let cfs = COLUMN_FAMILIES
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, column_options(name)));
-        let db = Arc::new(DB::open_cf_descriptors(&db_opts, path, cfs).map_err(engine)?);
-        let revision = Arc::new(AtomicU64::new(read_revision(&db)?));
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(engine)?;
+        let meta = db
+            .cf_handle(CF_META)
+            .ok_or_else(|| StoreError::Engine("column family meta is missing".into()))?;
+        let revision = read_u64(&db, meta, REVISION_KEY)?.unwrap_or(0);
+        let oldest = read_u64(&db, meta, OLDEST_KEY)?.unwrap_or(1);
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let shared = Arc::new(Shared {
+            db,
+            revision: AtomicU64::new(revision),
+            oldest: AtomicU64::new(oldest),
+            feed,
+            purged_at: std::sync::atomic::AtomicI64::new(0),
+        });
         let (queue, rx) = mpsc::channel(options.queue_depth.max(1));
         let fsync = options.fsync;
-        let sequencer = Sequencer {
-            db: Arc::clone(&db),
-            revision: Arc::clone(&revision),
-            options,
-        };
+        let sequencer = Sequencer::new(Arc::clone(&shared), options);
         let sequencer = std::thread::Builder::new()
             .name("arbiter-sequencer".into())
             .spawn(move || sequencer.run(rx))
             .map_err(|e| StoreError::Engine(format!("cannot start the sequencer: {e}")))?;
         Ok(Self {
-            db,
+            shared,
             fsync,
-            revision,
             queue: Some(queue),
             sequencer: Some(sequencer),
         })
     }
 
-    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StoreError> {
-        cf(&self.db, name)
-    }
-
-    /// Deletes idempotency records that expired before `now_unix_ms`;
-    /// returns how many. Run periodically by the server.
-    pub fn purge_expired_requests(&self, now_unix_ms: i64) -> Result<usize, StoreError> {
-        let cf = self.cf(CF_REQUESTS)?;
-        let mut batch = WriteBatch::default();
-        let mut purged = 0;
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            let (key, raw) = item.map_err(engine)?;
-            let record = IdempotencyRecord::decode(&*raw).map_err(|e| corrupt(&key, e.to_string()))?;
-            if record.expires_at_ms <= now_unix_ms {
-                batch.delete_cf(cf, &key);
-                purged += 1;
-            }
-        }
-        self.db.write(batch).map_err(engine)?;
-        Ok(purged)
+    /// Change events after `after`, oldest first, at most `limit` (for tests
+    /// and tools; watchers use [`Store::watch`]).
+    pub fn changes(&self, after: u64, limit: usize) -> Result<Vec<ChangeEvent>, StoreError> {
+        let mut events = self.shared.log_range(after + 1, u64::MAX)?;
+        events.truncate(limit);
+        Ok(events)
     }
 
     /// Stops the sequencer after it has answered everything it accepted.
@@ -202,28 +385,25 @@ impl Drop for RocksStore {
     }
 }
 
-fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
-    db.cf_handle(name)
-        .ok_or_else(|| StoreError::Engine(format!("column family {name} is missing")))
-}
-
-fn read_revision(db: &DB) -> Result<u64, StoreError> {
-    match db.get_cf(cf(db, CF_META)?, REVISION_KEY).map_err(engine)? {
-        None => Ok(0),
-        Some(raw) => {
-            let bytes: [u8; 8] = raw
-                .as_slice()
-                .try_into()
-                .map_err(|_| corrupt(REVISION_KEY, "revision is not 8 bytes"))?;
-            Ok(u64::from_be_bytes(bytes))
-        }
-    }
-}
-
 impl Store for RocksStore {
     async fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
-        let raw = self.db.get_pinned_cf(self.cf(CF_OBJECTS)?, key).map_err(engine)?;
-        raw.map(|raw| decode_object(key, &raw)).transpose()
+        self.shared.object(key)
+    }
+
+    async fn get_at(&self, key: &[u8], revision: u64) -> Result<Option<Versioned>, StoreError> {
+        let shared = &self.shared;
+        shared.check_retained(revision)?;
+        let Some(index) = shared
+            .db
+            .get_cf(shared.cf(CF_HISTORY)?, history_key(key, revision))
+            .map_err(engine)?
+        else {
+            return Ok(None);
+        };
+        let event = shared.log_entry(revision, &index)?;
+        Ok(event
+            .and_then(|e| e.after)
+            .map(|value| Versioned { revision, value }))
     }
 
     async fn scan(
@@ -231,9 +411,21 @@ impl Store for RocksStore {
         prefix: &[u8],
         start_after: Option<&[u8]>,
         visit: &mut (dyn FnMut(&[u8], Versioned) -> Scan + Send),
-    ) -> Result<(), StoreError> {
-        let cf = self.cf(CF_OBJECTS)?;
-        let snapshot = self.db.snapshot();
+    ) -> Result<u64, StoreError> {
+        let cf = self.shared.cf(CF_OBJECTS)?;
+        let snapshot = self.shared.db.snapshot();
+        // The revision counter is written in the same batch as the objects.
+        let revision = match snapshot
+            .get_cf(self.shared.cf(CF_META)?, REVISION_KEY)
+            .map_err(engine)?
+        {
+            None => 0,
+            Some(raw) => u64::from_be_bytes(
+                raw.as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt(REVISION_KEY, "not 8 bytes"))?,
+            ),
+        };
         let start = start_after.unwrap_or(prefix);
         let mode = IteratorMode::From(start, Direction::Forward);
         for item in snapshot.iterator_cf(cf, mode) {
@@ -248,7 +440,7 @@ impl Store for RocksStore {
                 break;
             }
         }
-        Ok(())
+        Ok(revision)
     }
 
     async fn scan_unique(
@@ -256,9 +448,9 @@ impl Store for RocksStore {
         prefix: &[u8],
         visit: &mut (dyn FnMut(&[u8], &[u8]) -> Scan + Send),
     ) -> Result<(), StoreError> {
-        let cf = self.cf(CF_UNIQUE)?;
+        let cf = self.shared.cf(CF_UNIQUE)?;
         let mode = IteratorMode::From(prefix, Direction::Forward);
-        for item in self.db.iterator_cf(cf, mode) {
+        for item in self.shared.db.iterator_cf(cf, mode) {
             let (key, owner) = item.map_err(engine)?;
             if !key.starts_with(prefix) || visit(&key, &owner) == Scan::Stop {
                 break;
@@ -268,7 +460,14 @@ impl Store for RocksStore {
     }
 
     async fn unique_owner(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db.get_cf(self.cf(CF_UNIQUE)?, key).map_err(engine)
+        self.shared
+            .db
+            .get_cf(self.shared.cf(CF_UNIQUE)?, key)
+            .map_err(engine)
+    }
+
+    async fn counter(&self, key: &[u8]) -> Result<i64, StoreError> {
+        self.shared.counter(key)
     }
 
     async fn idempotency(
@@ -276,47 +475,33 @@ impl Store for RocksStore {
         key: &[u8],
         now_unix_ms: i64,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let Some(raw) = self
-            .db
-            .get_pinned_cf(self.cf(CF_REQUESTS)?, key)
-            .map_err(engine)?
-        else {
-            return Ok(None);
-        };
-        let record = IdempotencyRecord::decode(&*raw).map_err(|e| corrupt(key, e.to_string()))?;
-        Ok((record.expires_at_ms > now_unix_ms).then_some(record))
+        Ok(self
+            .shared
+            .request(key)?
+            .filter(|record| record.expires_at_ms > now_unix_ms))
     }
 
-    async fn commit(&self, mutation: Mutation) -> Result<Committed, CommitError> {
+    async fn commit(&self, commit: Commit) -> Result<Committed, CommitError> {
+        commit.check_shape()?;
         let queue = self.queue.as_ref().ok_or(StoreError::Closed)?;
         let (reply, answer) = oneshot::channel();
         queue
-            .send(Pending { mutation, reply })
+            .send(Pending { commit, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn changes(&self, after: u64, limit: usize) -> Result<Vec<ChangeEvent>, StoreError> {
-        let cf = self.cf(CF_LOG)?;
-        let start = (after + 1).to_be_bytes();
-        let mode = IteratorMode::From(&start, Direction::Forward);
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, mode).take(limit) {
-            let (key, raw) = item.map_err(engine)?;
-            out.push(ChangeEvent::decode(&*raw).map_err(|e| corrupt(&key, e.to_string()))?);
-        }
-        Ok(out)
-    }
-
     async fn put_blob(&self, digest: &[u8], bytes: Vec<u8>) -> Result<(), StoreError> {
-        let db = Arc::clone(&self.db);
+        let shared = Arc::clone(&self.shared);
         let digest = digest.to_vec();
         let fsync = self.fsync;
         let write = move || {
             let mut opts = WriteOptions::default();
             opts.set_sync(fsync);
-            db.put_cf_opt(cf(&db, CF_BLOBS)?, digest, bytes, &opts)
+            shared
+                .db
+                .put_cf_opt(shared.cf(CF_BLOBS)?, digest, bytes, &opts)
                 .map_err(engine)
         };
         tokio::task::spawn_blocking(write)
@@ -325,159 +510,63 @@ impl Store for RocksStore {
     }
 
     async fn get_blob(&self, digest: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db.get_cf(self.cf(CF_BLOBS)?, digest).map_err(engine)
+        self.shared
+            .db
+            .get_cf(self.shared.cf(CF_BLOBS)?, digest)
+            .map_err(engine)
     }
 
-    fn revision(&self) -> u64 {
-        self.revision.load(Ordering::Acquire)
+    async fn revision(&self) -> Result<u64, StoreError> {
+        Ok(self.shared.revision.load(Ordering::Acquire))
     }
-}
 
-/// The single writer. Owns the revision counter.
-struct Sequencer {
-    db: Arc<DB>,
-    revision: Arc<AtomicU64>,
-    options: RocksOptions,
-}
+    async fn watch(&self, prefix: &[u8], start: u64) -> Result<ChangeStream, StoreError> {
+        watch::start(&self.shared, prefix, start)
+    }
 
-/// The state of keys touched earlier in the batch being built.
-#[derive(Default)]
-struct Overlay {
-    objects: HashMap<Vec<u8>, Option<Versioned>>,
-    unique: HashMap<Vec<u8>, Option<Vec<u8>>>,
-}
-
-impl Sequencer {
-    fn run(self, mut rx: mpsc::Receiver<Pending>) {
-        let mut batch = Vec::with_capacity(self.options.max_batch);
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < self.options.max_batch {
-                match rx.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
+    async fn history(&self, key: &[u8], before: u64, limit: usize) -> Result<Vec<ChangeEvent>, StoreError> {
+        let shared = &self.shared;
+        let prefix = history_prefix(key);
+        let end = history_key(key, end_revision(before));
+        let mut out = Vec::new();
+        let mode = IteratorMode::From(&end, Direction::Reverse);
+        for item in shared.db.iterator_cf(shared.cf(CF_HISTORY)?, mode) {
+            if out.len() >= limit {
+                break;
             }
-            self.commit_batch(&mut batch);
-        }
-    }
-
-    fn commit_batch(&self, batch: &mut Vec<Pending>) {
-        let outcome = self.apply(batch);
-        let results = match outcome {
-            Ok(results) => results,
-            Err(e) => {
-                tracing::error!(error = %e, size = batch.len(), "commit batch failed");
-                batch.iter().map(|_| Err(CommitError::Store(e.clone()))).collect()
-            }
-        };
-        for (pending, result) in batch.drain(..).zip(results) {
-            // The caller may have given up waiting; its write stands anyway.
-            let _ = pending.reply.send(result);
-        }
-    }
-
-    /// Checks and writes a batch; returns one result per mutation.
-    fn apply(&self, batch: &[Pending]) -> Result<Vec<Result<Committed, CommitError>>, StoreError> {
-        let (objects, unique) = (cf(&self.db, CF_OBJECTS)?, cf(&self.db, CF_UNIQUE)?);
-        let (log, requests) = (cf(&self.db, CF_LOG)?, cf(&self.db, CF_REQUESTS)?);
-        let mut overlay = Overlay::default();
-        let mut write = WriteBatch::default();
-        let mut revision = self.revision.load(Ordering::Acquire);
-        let mut results = Vec::with_capacity(batch.len());
-        for Pending { mutation: m, .. } in batch {
-            let current = self.current(&overlay, &m.key)?;
-            if let Err(e) = self.check(&overlay, m, &current) {
-                results.push(Err(e));
+            let (hkey, index) = item.map_err(engine)?;
+            let Some(revision) = hkey.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let revision: [u8; 8] = revision
+                .try_into()
+                .map_err(|_| corrupt(&hkey, "history key without its revision"))?;
+            let revision = u64::from_be_bytes(revision);
+            if revision >= end_revision(before) {
                 continue;
             }
-            revision += 1;
-            match &m.value {
-                Some(value) => write.put_cf(objects, &m.key, encode_object(revision, value)),
-                None => write.delete_cf(objects, &m.key),
+            if let Some(event) = shared.log_entry(revision, &index)? {
+                out.push(event);
             }
-            for key in &m.releases {
-                write.delete_cf(unique, key);
-                overlay.unique.insert(key.clone(), None);
-            }
-            for key in &m.claims {
-                write.put_cf(unique, key, &m.key);
-                overlay.unique.insert(key.clone(), Some(m.key.clone()));
-            }
-            let event = ChangeEvent {
-                revision,
-                key: m.key.clone(),
-                before: current.map(|c| c.value),
-                after: m.value.clone(),
-                principal: m.change.principal.clone(),
-                request_id: m.change.request_id.clone(),
-                time_unix_ms: m.change.time_unix_ms,
-            };
-            write.put_cf(log, revision.to_be_bytes(), event.encode_to_vec());
-            if let Some(mark) = &m.idempotency {
-                let record = IdempotencyRecord {
-                    fingerprint: mark.fingerprint.clone(),
-                    revision,
-                    value: m.value.clone().unwrap_or_default(),
-                    expires_at_ms: mark.expires_at_ms,
-                };
-                write.put_cf(requests, &mark.key, record.encode_to_vec());
-            }
-            let stored = m.value.as_ref().map(|value| Versioned {
-                revision,
-                value: value.clone(),
-            });
-            overlay.objects.insert(m.key.clone(), stored);
-            results.push(Ok(Committed { revision }));
         }
-        if write.is_empty() {
-            return Ok(results);
-        }
-        write.put_cf(cf(&self.db, CF_META)?, REVISION_KEY, revision.to_be_bytes());
-        let mut opts = WriteOptions::default();
-        opts.set_sync(self.options.fsync);
-        let started = std::time::Instant::now();
-        self.db.write_opt(write, &opts).map_err(engine)?;
-        metrics::histogram!("arbiter_store_sync_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("arbiter_store_commit_batch_size").record(batch.len() as f64);
-        self.revision.store(revision, Ordering::Release);
-        Ok(results)
+        Ok(out)
     }
 
-    fn current(&self, overlay: &Overlay, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
-        if let Some(seen) = overlay.objects.get(key) {
-            return Ok(seen.clone());
-        }
-        let raw = self
-            .db
-            .get_pinned_cf(cf(&self.db, CF_OBJECTS)?, key)
-            .map_err(engine)?;
-        raw.map(|raw| decode_object(key, &raw)).transpose()
+    async fn compact(&self, cutoff_unix_ms: i64, now_unix_ms: i64) -> Result<u64, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || shared.compact(cutoff_unix_ms, now_unix_ms))
+            .await
+            .map_err(|e| StoreError::Engine(format!("the compaction failed: {e}")))?
     }
 
-    fn check(&self, overlay: &Overlay, m: &Mutation, current: &Option<Versioned>) -> Result<(), CommitError> {
-        let matches = match (m.expect, current) {
-            (Expect::Absent, None) => true,
-            (Expect::Revision(want), Some(have)) => have.revision == want,
-            _ => false,
-        };
-        if !matches {
-            return Err(CommitError::Conflict {
-                current: current.clone(),
-            });
-        }
-        for key in &m.claims {
-            let owner = match overlay.unique.get(key) {
-                Some(seen) => seen.clone(),
-                None => self.db.get_cf(cf(&self.db, CF_UNIQUE)?, key).map_err(engine)?,
-            };
-            if let Some(owner) = owner.filter(|o| *o != m.key) {
-                return Err(CommitError::Taken {
-                    key: key.clone(),
-                    owner,
-                });
-            }
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.sequencer.as_ref().is_none_or(|s| s.is_finished()) {
+            return Err(StoreError::Closed);
         }
         Ok(())
     }
+}
+
+fn end_revision(before: u64) -> u64 {
+    if before == 0 { u64::MAX } else { before }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use arbiter_store::conformance as suite;
-use arbiter_store::{ChangeMeta, Expect, Mutation, RocksOptions, RocksStore, Store};
+use arbiter_store::{ChangeMeta, Claim, Commit, Expect, RocksOptions, RocksStore, Store, Write};
 
 fn open(dir: &tempfile::TempDir) -> RocksStore {
     RocksStore::open(dir.path(), RocksOptions::default()).unwrap()
@@ -21,21 +21,40 @@ macro_rules! conformance {
     )*};
 }
 
+macro_rules! conformance_shared {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let dir = tempfile::tempdir().unwrap();
+            suite::$name(Arc::new(open(&dir))).await;
+        }
+    )*};
+}
+
 conformance!(
     create_is_exclusive,
     writes_are_conditional,
     unique_keys_have_one_owner,
+    unique_keys_move_within_one_commit,
     scans_are_ordered,
-    changes_are_logged,
+    large_scans_are_complete,
+    commits_are_atomic,
+    reads_are_preconditions,
+    counters_respect_limits,
     idempotency_records_outcomes,
+    request_ids_commit_once,
     blobs_round_trip,
+    watch_delivers_commits,
+    idle_watch_reports_progress,
+    history_lists_changes,
+    compaction_bounds_history,
 );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_creates_have_one_winner() {
-    let dir = tempfile::tempdir().unwrap();
-    suite::concurrent_creates_have_one_winner(Arc::new(open(&dir))).await;
-}
+conformance_shared!(
+    concurrent_creates_have_one_winner,
+    concurrent_counters_are_exact,
+    watch_resumes_without_gaps,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revisions_and_data_survive_reopen() {
@@ -45,16 +64,21 @@ async fn revisions_and_data_survive_reopen() {
         .map(|i| {
             let store = Arc::clone(&store);
             tokio::spawn(async move {
-                let m = Mutation {
-                    key: format!("t/vm/{i:03}").into_bytes(),
-                    expect: Expect::Absent,
-                    value: Some(vec![7; 100]),
-                    claims: vec![format!("t/u/{i}").into_bytes()],
-                    releases: Vec::new(),
-                    change: ChangeMeta::default(),
-                    idempotency: None,
+                let key = format!("t/vm/{i:03}").into_bytes();
+                let commit = Commit {
+                    writes: vec![Write {
+                        key: key.clone(),
+                        expect: Expect::Absent,
+                        value: Some(vec![7; 100]),
+                        operation: "create".into(),
+                    }],
+                    claims: vec![Claim {
+                        key: format!("t/u/{i}").into_bytes(),
+                        owner: key,
+                    }],
+                    ..Commit::default()
                 };
-                store.commit(m).await.unwrap().revision
+                store.commit(commit).await.unwrap().revision
             })
         })
         .collect();
@@ -70,22 +94,23 @@ async fn revisions_and_data_survive_reopen() {
     );
     drop(Arc::into_inner(store).unwrap());
     let store = open(&dir);
-    assert_eq!(store.revision(), 200);
+    assert_eq!(store.revision().await.unwrap(), 200);
     assert!(store.get(b"t/vm/199").await.unwrap().is_some());
     assert_eq!(
         store.unique_owner(b"t/u/5").await.unwrap().as_deref(),
         Some(&b"t/vm/005"[..])
     );
+    assert_eq!(store.history(b"t/vm/005", 0, 10).await.unwrap().len(), 1);
     let next = store
-        .commit(Mutation {
-            key: b"t/vm/new".to_vec(),
-            expect: Expect::Absent,
-            value: Some(Vec::new()),
-            claims: Vec::new(),
-            releases: Vec::new(),
-            change: ChangeMeta::default(),
-            idempotency: None,
-        })
+        .commit(Commit::of(
+            Write {
+                key: b"t/vm/new".to_vec(),
+                expect: Expect::Absent,
+                value: Some(Vec::new()),
+                operation: "create".into(),
+            },
+            ChangeMeta::default(),
+        ))
         .await
         .unwrap();
     assert_eq!(next.revision, 201);

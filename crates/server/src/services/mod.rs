@@ -2,6 +2,8 @@
 //! steps — take the caller, convert the request, call the generic
 //! [`Engine`], map the error — so one macro writes them for all kinds.
 
+mod changes;
+
 use std::sync::Arc;
 
 use arbiter_api::v1::{

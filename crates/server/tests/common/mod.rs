@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use arbiter_api::v1::{
-    policies_client::PoliciesClient, prompts_client::PromptsClient, users_client::UsersClient,
-    virtual_machines_client::VirtualMachinesClient,
+    changes_client::ChangesClient, policies_client::PoliciesClient, prompts_client::PromptsClient,
+    users_client::UsersClient, virtual_machines_client::VirtualMachinesClient,
 };
 use arbiter_server::{Config, Running};
 use tonic::metadata::MetadataValue;
@@ -138,6 +138,14 @@ impl TestServer {
 
     pub fn prompts(&self, token: &str) -> PromptsClient<Authed> {
         PromptsClient::with_interceptor(self.channel.clone(), Self::bearer(token))
+    }
+
+    pub fn changes(&self, token: &str) -> ChangesClient<Authed> {
+        ChangesClient::with_interceptor(self.channel.clone(), Self::bearer(token))
+    }
+
+    pub fn http_base(&self) -> String {
+        format!("http://{}", self.running.as_ref().unwrap().http_addr)
     }
 
     pub fn policies(&self, token: &str) -> PoliciesClient<Authed> {

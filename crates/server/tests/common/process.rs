@@ -19,6 +19,24 @@ pub struct Process {
 
 impl Process {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// A replica on etcd: `endpoints` comma-separated, keys under `prefix`.
+    pub fn start_on_etcd(dir: &Path, endpoints: &str, prefix: &str) -> Self {
+        let args = [
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            endpoints,
+            "--etcd-prefix",
+            prefix,
+        ];
+        Self::start_with(dir, &args)
+    }
+
+    /// `arbiter serve` with `extra` flags.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Self {
         let tokens = dir.join("tokens.toml");
         std::fs::write(&tokens, TOKENS).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_arbiter"))
@@ -35,6 +53,9 @@ impl Process {
             .arg(dir.join("data"))
             .arg("--tokens")
             .arg(&tokens)
+            .arg("--policy-cache-dir")
+            .arg(std::env::temp_dir().join("arbiter-test-policy-cache"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -61,6 +82,11 @@ impl Process {
             grpc_addr,
             logs,
         }
+    }
+
+    /// Waits until gRPC health says SERVING (the store answers).
+    pub async fn wait_serving(&self) {
+        wait_health(self.grpc_addr, true).await;
     }
 
     pub async fn client(&self) -> TestClient {
@@ -112,13 +138,56 @@ impl ClientView<'_> {
             Bearer(Some("Bearer acme-editor".parse().unwrap())),
         )
     }
+    pub fn policies(&self) -> arbiter_api::v1::policies_client::PoliciesClient<Authed> {
+        arbiter_api::v1::policies_client::PoliciesClient::with_interceptor(
+            self.0.clone(),
+            Bearer(Some("Bearer root".parse().unwrap())),
+        )
+        .max_encoding_message_size(128 << 20)
+    }
+}
+
+/// Polls gRPC health until it is SERVING (`true`) or not (`false`), for
+/// at most 30 s.
+pub async fn wait_health(addr: SocketAddr, serving: bool) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let want = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    let mut client = HealthClient::new(connect(addr).await);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status);
+        if status.as_ref().ok() == Some(&(want as i32)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health never became {want:?}: {status:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 pub fn check_data_dir(dir: &Path) {
+    let data = dir.join("data");
+    check_store(&["--data-dir", data.to_str().unwrap()]);
+}
+
+/// Runs `arbiter check` with `args` and asserts that it finds nothing wrong.
+pub fn check_store(args: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_arbiter"))
         .arg("check")
-        .arg("--data-dir")
-        .arg(dir.join("data"))
+        .args(args)
         .output()
         .unwrap();
     assert!(
