@@ -43,7 +43,10 @@ fn build() -> Result<Stack, Box<dyn std::error::Error>> {
     };
     let (grpc, http) = runtime.block_on(async {
         let store = RocksStore::open(dir.path(), options)?;
-        let engine = Arc::new(Engine::new(Arc::new(AnyStore::Rocks(store)), EngineConfig::default()));
+        let engine = Arc::new(Engine::new(
+            Arc::new(AnyStore::Rocks(store)),
+            EngineConfig::default(),
+        ));
         let (_, health) = tonic_health::server::health_reporter();
         let routes = arbiter_server::server::routes(tonic::service::Routes::new(health), &engine, 1 << 20)?;
         let layer = RequestLayer::new(Arc::new(Tokens::admin(TOKEN)));
