@@ -160,7 +160,8 @@ fn typed<R: Watched>(event: &ChangeEvent) -> Result<(Change, R), Error> {
         name: names::name_of_key(&event.key),
         principal: event.principal.clone(),
         request_id: event.request_id.clone(),
-        time: Some(timestamp(event.time_unix_ms)),
+        // The initial listing's objects carry no change record: no time.
+        time: (event.time_unix_ms != 0).then(|| timestamp(event.time_unix_ms)),
         operation: event.operation.clone(),
         changed_fields,
         object: None,
