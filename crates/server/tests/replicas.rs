@@ -160,6 +160,32 @@ async fn replicas_share_names_emails_and_etags() {
         last.labels["count"], "120",
         "every acknowledged increment is there"
     );
+
+    // One request id sent to all three replicas at once: the first outcome
+    // or REQUEST_IN_PROGRESS, never a second execution.
+    for round in 0..20 {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let tasks: Vec<_> = (0..6)
+            .map(|c| {
+                let (clients, request_id) = (Arc::clone(&clients), request_id.clone());
+                tokio::spawn(async move {
+                    let mut req = create_vm(&format!("once-{round}"));
+                    req.request_id = request_id;
+                    clients[c % 3].server().vms().create_virtual_machine(req).await
+                })
+            })
+            .collect();
+        let mut uids = BTreeSet::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(vm) => {
+                    uids.insert(vm.into_inner().uid);
+                }
+                Err(s) => assert_eq!(failure::<()>(Err(s)).reason, "REQUEST_IN_PROGRESS"),
+            }
+        }
+        assert!(uids.len() <= 1, "one execution per request id: {uids:?}");
+    }
     check_etcd(&etcd, &prefix);
 }
 
