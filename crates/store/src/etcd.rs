@@ -138,9 +138,18 @@ impl Keys {
     }
 }
 
-/// A read that failed for want of etcd: safe to send again.
+/// A request that failed for want of etcd (down, partitioned away, too
+/// slow): a read is safe to send again, and the caller may retry later.
 pub(crate) fn unreachable(e: &etcd_client::Error) -> bool {
-    matches!(etcd_error_ref(e), Some(StoreError::Unavailable(_)))
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) | E::IoError(_) => true,
+        E::GRpcStatus(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        _ => false,
+    }
 }
 
 /// A request that never reached etcd (the connection was refused): even a
@@ -154,22 +163,6 @@ pub(crate) fn not_sent(e: &etcd_client::Error) -> bool {
     ]
     .iter()
     .any(|s| text.contains(s))
-}
-
-fn etcd_error_ref(e: &etcd_client::Error) -> Option<StoreError> {
-    use etcd_client::Error as E;
-    match e {
-        E::TransportError(_) | E::IoError(_) => Some(StoreError::Unavailable(String::new())),
-        E::GRpcStatus(status)
-            if matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-            ) =>
-        {
-            Some(StoreError::Unavailable(String::new()))
-        }
-        _ => None,
-    }
 }
 
 /// The key just after every key that starts with `prefix`.
@@ -187,20 +180,17 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// Maps an etcd client error: transport failures and timeouts mean etcd
 /// cannot be reached.
 pub(crate) fn etcd_error(e: etcd_client::Error) -> StoreError {
-    use etcd_client::Error as E;
+    if unreachable(&e) {
+        return StoreError::Unavailable(e.to_string());
+    }
     match e {
-        E::TransportError(e) => StoreError::Unavailable(e.to_string()),
-        E::IoError(e) => StoreError::Unavailable(e.to_string()),
-        E::GRpcStatus(status) => match status.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                StoreError::Unavailable(status.message().to_string())
-            }
-            _ if status.message().contains("compacted") => StoreError::Compacted {
+        etcd_client::Error::GRpcStatus(status) if status.message().contains("compacted") => {
+            StoreError::Compacted {
                 requested: 0,
                 oldest: 0,
-            },
-            _ => StoreError::Engine(format!("etcd: {}", status.message())),
-        },
+            }
+        }
+        etcd_client::Error::GRpcStatus(status) => StoreError::Engine(format!("etcd: {}", status.message())),
         other => StoreError::Engine(format!("etcd: {other}")),
     }
 }

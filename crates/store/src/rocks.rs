@@ -167,19 +167,14 @@ impl Shared {
     /// entries) and expired request records; returns the oldest retained
     /// revision.
     fn compact(&self, cutoff_unix_ms: i64, now_unix_ms: i64) -> Result<u64, StoreError> {
-        let shared = self;
-        let (log, history, requests) = (
-            shared.cf(CF_LOG)?,
-            shared.cf(CF_HISTORY)?,
-            shared.cf(CF_REQUESTS)?,
-        );
+        let (log, history, requests) = (self.cf(CF_LOG)?, self.cf(CF_HISTORY)?, self.cf(CF_REQUESTS)?);
         let mut batch = WriteBatch::default();
-        let current = shared.revision.load(Ordering::Acquire);
+        let current = self.revision.load(Ordering::Acquire);
         let mut oldest = current + 1;
         // Start at the oldest retained entry: what lies before it is
         // deleted, and iterating over deletions costs time.
-        let from = shared.oldest.load(Ordering::Acquire).to_be_bytes();
-        for item in shared
+        let from = self.oldest.load(Ordering::Acquire).to_be_bytes();
+        for item in self
             .db
             .iterator_cf(log, IteratorMode::From(&from, Direction::Forward))
         {
@@ -192,10 +187,10 @@ impl Shared {
             batch.delete_cf(log, &key);
             batch.delete_cf(history, history_key(&event.key, event.revision));
         }
-        let last = shared.purged_at.load(Ordering::Acquire);
+        let last = self.purged_at.load(Ordering::Acquire);
         if now_unix_ms.saturating_sub(last) >= PURGE_REQUESTS_EVERY_MS {
-            shared.purged_at.store(now_unix_ms, Ordering::Release);
-            for item in shared.db.iterator_cf(requests, IteratorMode::Start) {
+            self.purged_at.store(now_unix_ms, Ordering::Release);
+            for item in self.db.iterator_cf(requests, IteratorMode::Start) {
                 let (key, raw) = item.map_err(engine)?;
                 let record = IdempotencyRecord::decode(&*raw).map_err(|e| corrupt(&key, e.to_string()))?;
                 if record.expires_at_ms <= now_unix_ms {
@@ -204,10 +199,10 @@ impl Shared {
             }
         }
         // Watchers check `oldest` before they read the log: raise it first.
-        let oldest = oldest.max(shared.oldest.load(Ordering::Acquire));
-        shared.oldest.fetch_max(oldest, Ordering::AcqRel);
-        batch.put_cf(shared.cf(CF_META)?, OLDEST_KEY, oldest.to_be_bytes());
-        shared.db.write(batch).map_err(engine)?;
+        let oldest = oldest.max(self.oldest.load(Ordering::Acquire));
+        self.oldest.fetch_max(oldest, Ordering::AcqRel);
+        batch.put_cf(self.cf(CF_META)?, OLDEST_KEY, oldest.to_be_bytes());
+        self.db.write(batch).map_err(engine)?;
         Ok(oldest)
     }
 
