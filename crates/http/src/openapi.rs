@@ -123,17 +123,25 @@ fn singular(collection: &str) -> String {
     }
 }
 
-/// The OpenAPI path of a route, with one parameter per wildcard segment
-/// (named after the collection before it), since an OpenAPI parameter
-/// cannot span segments.
+/// The OpenAPI path of a route, with one parameter per wildcard segment,
+/// since an OpenAPI parameter cannot span segments. A wildcard is named
+/// after the collection before it (`tenants/*` → `{tenant}`); wildcards that
+/// follow a wildcard stand for a collection and a resource of any kind
+/// (`tenants/*/*/*` → `{tenant}/{collection}/{resource}`).
 fn path_of(route: &Route, id_pattern: &str) -> (String, Vec<Value>) {
     let mut path = String::new();
     let mut parameters = Vec::new();
     let mut previous = "id".to_string();
+    let mut run = 0;
     for (literal, wildcard) in route.template.segments() {
         path.push('/');
         if wildcard {
-            let mut name = singular(&previous);
+            let mut name = match run {
+                0 => singular(&previous),
+                1 => "collection".to_string(),
+                _ => "resource".to_string(),
+            };
+            run += 1;
             if parameters.iter().any(|p: &Value| p["name"] == json!(name)) {
                 name = format!("{name}_{}", parameters.len());
             }
@@ -145,6 +153,7 @@ fn path_of(route: &Route, id_pattern: &str) -> (String, Vec<Value>) {
         } else {
             path.push_str(&literal);
             previous = literal;
+            run = 0;
         }
     }
     if let Some(verb) = route.template.verb() {
@@ -381,5 +390,7 @@ mod tests {
         assert_eq!(vm["state"]["enum"][1], "STOPPED");
         assert_eq!(vm["createTime"]["format"], "date-time");
         assert_eq!(vm["labels"]["additionalProperties"]["type"], "string");
+        let revisions = &doc["paths"]["/v1/tenants/{tenant}/{collection}/{resource}/revisions"]["get"];
+        assert_eq!(revisions["operationId"], "ListRevisions");
     }
 }
