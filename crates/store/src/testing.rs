@@ -27,6 +27,10 @@ pub struct Member {
     pub client_url: String,
     pub peer_url: String,
     child: Option<Child>,
+    /// Kills `child` when this process ends however it ends (even without
+    /// dropping the member, as a `static` never is): a shell that waits
+    /// for end-of-file on its stdin, whose other end only we hold.
+    watchdog: Option<Child>,
     args: Vec<String>,
 }
 
@@ -39,11 +43,25 @@ impl Member {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start etcd ({}): {e}; install etcd-server", binary()));
+        let watchdog = Command::new("sh")
+            .args(["-c", "read _ignored; kill -9 \"$1\" 2>/dev/null", "sh"])
+            .arg(child.id().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the watchdog shell of etcd: {e}"));
         self.child = Some(child);
+        self.watchdog = Some(watchdog);
     }
 
     /// Kills the member at once (SIGKILL).
     pub fn kill(&mut self) {
+        // The watchdog first, so that it never signals a reused pid.
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -84,6 +102,7 @@ impl Etcd {
                 client_url: format!("http://127.0.0.1:{}", free_port()),
                 peer_url: format!("http://127.0.0.1:{}", free_port()),
                 child: None,
+                watchdog: None,
                 args: Vec::new(),
             })
             .collect();

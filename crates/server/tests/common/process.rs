@@ -14,6 +14,7 @@ use super::{Authed, Bearer, TOKENS, connect};
 pub struct Process {
     pub child: Child,
     pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -67,19 +68,24 @@ impl Process {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
-                    && let Some(addr) = json["fields"]["grpc_addr"].as_str()
+                    && let Some(grpc) = json["fields"]["grpc_addr"].as_str()
+                    && let Some(http) = json["fields"]["http_addr"].as_str()
                 {
-                    let _ = addr_tx.send(addr.parse::<SocketAddr>().unwrap());
+                    let _ = addr_tx.send((
+                        grpc.parse::<SocketAddr>().unwrap(),
+                        http.parse::<SocketAddr>().unwrap(),
+                    ));
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let grpc_addr = addr_rx
+        let (grpc_addr, http_addr) = addr_rx
             .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("the server logs its address when it serves");
+            .expect("the server logs its addresses when it serves");
         Self {
             child,
             grpc_addr,
+            http_addr,
             logs,
         }
     }
@@ -93,6 +99,18 @@ impl Process {
         TestClient {
             channel: connect(self.grpc_addr).await,
         }
+    }
+
+    /// Resident memory of the server, in bytes (Linux `/proc`).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib * 1024
     }
 
     pub fn kill9(mut self) {
@@ -110,6 +128,14 @@ impl Process {
                 .success()
         );
         self.child.wait().unwrap()
+    }
+}
+
+/// A test that ends without killing its server, or panics, still stops it.
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
