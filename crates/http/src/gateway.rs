@@ -40,12 +40,28 @@ impl Default for Limits {
     }
 }
 
+/// What a request's headers entitle it to, decided before its body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Bodies up to [`Limits::body_bytes`].
+    Ordinary,
+    /// Also bodies up to [`Limits::upload_bytes`] on the routes that carry
+    /// bytes (policy uploads).
+    Uploads,
+}
+
+/// Authenticates a request on its headers alone. An error ends the request
+/// before a byte of its body is read, so that a caller without a valid
+/// token cannot make the server buffer or parse anything.
+pub type Admit = Arc<dyn Fn(&HeaderMap) -> Result<Admission, tonic::Status> + Send + Sync>;
+
 /// The routes and where to send them.
 pub struct Gateway {
     pub(crate) routes: Vec<Route>,
     grpc: GrpcService,
     limits: Limits,
     base_url: Option<String>,
+    admit: Option<Admit>,
 }
 
 /// What the headers ask of a request.
@@ -80,12 +96,13 @@ fn has_field(message: &prost_reflect::MessageDescriptor, name: &str) -> bool {
 impl Gateway {
     /// A gateway over `routes` that calls `grpc`. `base_url` makes problem
     /// types absolute; without it they are built from the `Host` header.
-    pub fn new(routes: Vec<Route>, grpc: GrpcService, limits: Limits, base_url: Option<String>) -> Self {
+    pub fn new(routes: Vec<Route>, grpc: GrpcService, options: crate::Options) -> Self {
         Self {
             routes,
             grpc,
-            limits,
-            base_url,
+            limits: options.limits,
+            base_url: options.base_url,
+            admit: options.admit,
         }
     }
 
@@ -112,8 +129,21 @@ impl Gateway {
             .map_or("-", |r| r.rpc.name())
             .to_string();
         let response = self.respond(request).await;
+        // Only the methods HTTP defines: a made-up method adds no series.
+        let method = match method {
+            Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::OPTIONS
+            | Method::CONNECT
+            | Method::TRACE => method.to_string(),
+            _ => "other".to_string(),
+        };
         let labels = [
-            ("method", method.to_string()),
+            ("method", method),
             ("route", route),
             ("status", response.status().as_str().to_string()),
         ];
@@ -191,7 +221,11 @@ impl Gateway {
     ) -> Result<http::Response<Body>, Failure> {
         let (parts, body) = request.into_parts();
         let (route, variables) = self.find(&parts.method, parts.uri.path())?;
-        let body = self.read_body(route, &parts.headers, body).await?;
+        let admission = match &self.admit {
+            Some(admit) => admit(&parts.headers).map_err(Failure::Status)?,
+            None => Admission::Uploads,
+        };
+        let body = self.read_body(route, admission, &parts.headers, body).await?;
         let authorization = parts.headers.get(header::AUTHORIZATION);
         let (mut extra, conditions) = self.conditions(route, &parts, authorization).await?;
         if route.rpc.is_server_streaming() {
@@ -234,21 +268,28 @@ impl Gateway {
     async fn read_body(
         &self,
         route: &Route,
+        admission: Admission,
         headers: &HeaderMap,
         body: Body,
     ) -> Result<Option<Value>, Failure> {
         if route.body == BodyRule::None {
             return Ok(None);
         }
-        let limit = if carries_bytes(&route.rpc.input()) {
+        let uploads = carries_bytes(&route.rpc.input());
+        let limit = if uploads && admission == Admission::Uploads {
             self.limits.upload_bytes
         } else {
             self.limits.body_bytes
         };
         let too_large = || {
+            let who = if uploads && admission == Admission::Ordinary {
+                " for callers without the admin role (uploads take an admin token)"
+            } else {
+                ""
+            };
             Failure::Http(
                 "PAYLOAD_TOO_LARGE",
-                format!("the body is larger than this route's limit of {limit} bytes"),
+                format!("the body is larger than this route's limit of {limit} bytes{who}"),
                 None,
             )
         };

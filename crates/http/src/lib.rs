@@ -35,12 +35,12 @@ use axum::routing::get;
 use http::{HeaderValue, StatusCode, header};
 use prost_reflect::DescriptorPool;
 
-pub use gateway::{Gateway, Limits};
+pub use gateway::{Admission, Admit, Gateway, Limits};
 pub use grpc::GrpcService;
 pub use rules::{Route, RuleError};
 
 /// Settings of the HTTP API.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Options {
     /// Body limits.
     pub limits: Limits,
@@ -50,6 +50,21 @@ pub struct Options {
     /// The pattern of an id (one segment of a resource name) in the
     /// OpenAPI document; default: any segment.
     pub id_pattern: Option<String>,
+    /// Authenticates each request on its headers before its body is read;
+    /// without it every request is admitted with [`Admission::Uploads`]
+    /// and authentication is left to the gRPC services.
+    pub admit: Option<Admit>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("limits", &self.limits)
+            .field("base_url", &self.base_url)
+            .field("id_pattern", &self.id_pattern)
+            .field("admit", &self.admit.is_some())
+            .finish()
+    }
 }
 
 /// The router of the API described by `pool`, served by `grpc`: every
@@ -59,7 +74,7 @@ pub fn router(pool: &DescriptorPool, grpc: GrpcService, options: Options) -> Res
     let id_pattern = options.id_pattern.as_deref().unwrap_or("^[^/]+$");
     let document = openapi::document(&routes, id_pattern);
     let document = Arc::new(serde_json::to_vec_pretty(&document).unwrap_or_default());
-    let gateway = Arc::new(Gateway::new(routes, grpc, options.limits, options.base_url));
+    let gateway = Arc::new(Gateway::new(routes, grpc, options));
     Ok(Router::new()
         .route(
             "/openapi.json",

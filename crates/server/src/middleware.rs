@@ -4,9 +4,10 @@
 //! the handlers as a request extension. Health checks and reflection are
 //! open, so probes and `grpcurl list` need no token.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -18,6 +19,38 @@ use crate::auth::Tokens;
 use crate::status::to_status;
 
 const OPEN_PREFIXES: [&str; 2] = ["/grpc.health.v1.", "/grpc.reflection."];
+
+/// The gRPC methods served besides the API's own.
+const OPEN_METHODS: [&str; 4] = [
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// Every method path the server serves: the only values the `method`
+/// label of the request metrics takes, besides `unknown`, so that a client
+/// sending made-up paths cannot add series.
+static METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
+    let mut methods: HashSet<String> = OPEN_METHODS.iter().map(|m| (*m).to_string()).collect();
+    if let Ok(pool) = arbiter_api::json::pool() {
+        for service in pool.services() {
+            for method in service.methods() {
+                methods.insert(format!("/{}/{}", service.full_name(), method.name()));
+            }
+        }
+    }
+    methods
+});
+
+/// The `method` label of a request path.
+fn method_label(path: &str) -> String {
+    if METHODS.contains(path) {
+        path.to_string()
+    } else {
+        "unknown".to_string()
+    }
+}
 
 /// Adds the request span and authentication.
 #[derive(Debug, Clone)]
@@ -117,7 +150,7 @@ where
                 let took = started.elapsed().as_secs_f64();
                 span.record("code", tracing::field::debug(code));
                 span.record("latency_ms", took * 1000.0);
-                let labels = [("method", method.clone()), ("code", format!("{code:?}"))];
+                let labels = [("method", method_label(&method)), ("code", format!("{code:?}"))];
                 metrics::counter!("arbiter_grpc_requests_total", &labels).increment(1);
                 metrics::histogram!("arbiter_grpc_request_seconds", &labels[..1]).record(took);
                 tracing::info!("rpc finished");

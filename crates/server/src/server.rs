@@ -109,6 +109,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             },
             base_url: config.public_url.clone(),
             id_pattern: Some(arbiter_core::validate::ID_PATTERN.to_string()),
+            admit: None,
         },
     };
     let grpc = TcpListener::bind(config.grpc_addr)
@@ -179,6 +180,24 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(arbiter_api::RPC_DESCRIPTOR_SET)
 }
 
+/// HTTP requests are authenticated on their headers before their bodies
+/// are read; only admins may send the large bodies of policy uploads.
+fn admit(tokens: Arc<Tokens>) -> arbiter_http::Admit {
+    Arc::new(move |headers: &http::HeaderMap| {
+        let header = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let caller = tokens
+            .authenticate(header)
+            .map_err(|e| crate::status::to_status(&e))?;
+        Ok(if caller.role == arbiter_core::Role::Admin {
+            arbiter_http::Admission::Uploads
+        } else {
+            arbiter_http::Admission::Ordinary
+        })
+    })
+}
+
 /// What `serve` needs beyond the engine and listeners.
 struct Settings {
     /// Largest gRPC message of the Policies service.
@@ -226,10 +245,13 @@ async fn serve(
         Arc::clone(&ready),
     ));
     let routes = routes(tonic::service::Routes::new(health), &engine, settings.max_upload)?;
-    let layer = RequestLayer::new(Arc::new(tokens));
+    let tokens = Arc::new(tokens);
+    let layer = RequestLayer::new(Arc::clone(&tokens));
     let in_process = tower::util::BoxCloneSyncService::new(layer.clone().layer(routes.clone()));
     let pool = arbiter_api::json::pool()?;
-    let api = arbiter_http::router(pool, in_process, settings.http)?;
+    let mut http_options = settings.http;
+    http_options.admit = Some(admit(tokens));
+    let api = arbiter_http::router(pool, in_process, http_options)?;
     let (http_stop, http_stopped) = oneshot::channel::<()>();
     let http_task = tokio::spawn(crate::ops::serve(http, api, Arc::clone(&ready), async {
         let _ = http_stopped.await;

@@ -1,0 +1,217 @@
+//! Hostile traffic against a real server: bodies sent without a token,
+//! bodies larger than the caller may send, and made-up methods and paths
+//! meant to blow up `/metrics`. Every test is bounded in time and count and
+//! talks only to 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use common::TestServer;
+use common::process::Process;
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A 90 MB JSON body (an array of small numbers, the costliest JSON to
+/// parse for its size) declared on a policy route, the route with the
+/// largest body limit.
+const BIG: usize = 90 * 1000 * 1000;
+
+fn headers(path: &str, token: Option<&str>, length: usize) -> String {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         {auth}Content-Length: {length}\r\n\r\n"
+    )
+}
+
+/// The status code of the first response on `stream`.
+async fn status_of(stream: &mut (impl AsyncReadExt + Unpin)) -> u16 {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status line in {line:?}"))
+}
+
+/// Sends the headers of a `BIG` body, then the body, while reading the
+/// answer: returns the status as soon as it comes, whether or not the
+/// server took the whole body.
+async fn send_big(addr: SocketAddr, token: Option<&str>) -> u16 {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    writer
+        .write_all(headers("/v1/tenants/acme/policies", token, BIG).as_bytes())
+        .await
+        .unwrap();
+    let write = tokio::spawn(async move {
+        let mut chunk = b"[".to_vec();
+        chunk.extend(std::iter::repeat_n(&b"1,"[..], 32 * 1024).flatten());
+        let mut sent = 0;
+        while sent + chunk.len() < BIG {
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+            sent += chunk.len();
+            chunk.remove(0);
+            chunk.push(b'1');
+        }
+    });
+    let status = status_of(&mut reader).await;
+    write.abort();
+    status
+}
+
+/// Sends only the headers of a policy upload declaring `length` bytes:
+/// the status must come within 10 s, without the body.
+async fn answer_to_headers(addr: SocketAddr, token: Option<&str>, length: usize) -> (u16, TcpStream) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(headers("/v1/tenants/acme/policies", token, length).as_bytes())
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), status_of(&mut stream))
+        .await
+        .expect("the server answers on the headers, without waiting for the body");
+    (status, stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unauthenticated_bodies_are_refused_before_they_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::start(dir.path());
+    server.wait_serving().await;
+    let addr = server.http_addr;
+
+    // Only the headers: the answer cannot wait for a body.
+    let (status, _) = answer_to_headers(addr, None, BIG).await;
+    assert_eq!(status, 401);
+
+    // Twenty at once, each streaming its 90 MB: refused, and the server's
+    // memory stays small while they push.
+    let before = server.rss_bytes();
+    let senders = futures::future::join_all((0..20).map(|i| {
+        let token = (i % 2 == 0).then_some("not-a-token");
+        tokio::spawn(send_big(addr, token))
+    }));
+    let mut peak = before;
+    let mut senders = std::pin::pin!(senders);
+    let statuses = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            tokio::select! {
+                done = &mut senders => break done,
+                () = tokio::time::sleep(Duration::from_millis(20)) => peak = peak.max(server.rss_bytes()),
+            }
+        }
+    })
+    .await
+    .expect("twenty refused uploads finish within two minutes");
+    for status in statuses {
+        assert_eq!(status.unwrap(), 401);
+    }
+    peak = peak.max(server.rss_bytes());
+    assert!(
+        peak < 300 << 20,
+        "resident memory peaked at {} MiB (started at {} MiB)",
+        peak >> 20,
+        before >> 20
+    );
+}
+
+#[tokio::test]
+async fn only_admins_send_upload_sized_bodies() {
+    let server = TestServer::start().await;
+    let addr: SocketAddr = server.http_base().trim_start_matches("http://").parse().unwrap();
+    // An editor may not upload policies at all; it may not make the server
+    // read an upload-sized body either: 2 MiB is over the ordinary limit.
+    let (status, mut stream) = answer_to_headers(addr, Some("acme-editor"), 2 << 20).await;
+    assert_eq!(status, 413);
+    let mut rest = vec![0u8; 4096];
+    let n = stream.read(&mut rest).await.unwrap();
+    let text = String::from_utf8_lossy(&rest[..n]);
+    assert!(text.contains("admin"), "the problem says who may upload: {text}");
+    server.stop().await;
+}
+
+/// The `/metrics` lines, without comments.
+async fn series(client: &reqwest::Client, base: &str) -> Vec<String> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' ').map(|(name, _)| name.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn made_up_methods_and_paths_add_no_metric_series() {
+    let server = TestServer::start().await;
+    let base = server.http_base();
+    let client = reqwest::Client::new();
+    let grpc = |path: String| {
+        let channel = server.channel.clone();
+        async move {
+            let mut grpc = tonic::client::Grpc::new(channel);
+            grpc.ready().await.unwrap();
+            let path = http::uri::PathAndQuery::from_str(&path).unwrap();
+            let codec = tonic_prost::ProstCodec::<(), ()>::default();
+            let result = grpc.unary(tonic::Request::new(()), path, codec).await;
+            assert_eq!(result.unwrap_err().code(), tonic::Code::Unimplemented);
+        }
+    };
+    let http = |method: String| {
+        let (client, url) = (client.clone(), format!("{base}/v1/tenants/acme/vms"));
+        async move {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let response = client.request(method, url).send().await.unwrap();
+            assert!(response.status().is_client_error());
+        }
+    };
+    // A few first, so that the one `unknown` series exists.
+    for i in 0..3 {
+        grpc(format!("/grpc.health.v1.Warm{i}/Check")).await;
+        http(format!("WARM{i}")).await;
+    }
+    let before = series(&client, &base).await;
+    let requests = (0..10_000).map(|i| {
+        let grpc = grpc(format!("/grpc.health.v1.Made{i}/Up"));
+        let http = http(format!("MADEUP{i}"));
+        async move {
+            grpc.await;
+            http.await;
+        }
+    });
+    futures::stream::iter(requests)
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    let after = series(&client, &base).await;
+    let new: Vec<&String> = after.iter().filter(|s| !before.contains(s)).collect();
+    assert!(
+        new.len() <= 5,
+        "{} new series, e.g. {:?}",
+        new.len(),
+        &new[..new.len().min(5)]
+    );
+    assert!(after.iter().any(|s| s.contains("method=\"unknown\"")));
+    assert!(after.iter().any(|s| s.contains("method=\"other\"")));
+    server.stop().await;
+}
