@@ -15,6 +15,14 @@ if ! kubectl kustomize --help >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq kubernetes-client >/dev/null
 fi
 
+# No overlay ships a usable token: each installation generates its own.
+for tokens in deploy/kubernetes/overlays/*/tokens.toml; do
+  if grep -q '^\[\[tokens\]\]' "$tokens"; then
+    echo "$tokens ships a token: an overlay must ship none" >&2
+    exit 1
+  fi
+done
+
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for overlay in deploy/kubernetes/overlays/*/; do

@@ -188,9 +188,12 @@ pub enum Error {
         denial: Denial,
     },
     /// A fail-closed policy could not decide (INTERNAL `POLICY_FAULT`).
+    /// The message names the kind of fault only: what the guest wrote
+    /// (a panic message with its source location, say) goes to the server
+    /// log, not to every caller of the tenant.
     #[error(
-        "policy {policy} (revision {revision}) failed ({}: {}), and it fails closed, so this change of {resource} was refused; the policy's owner should fix it or set failure_policy FAIL_OPEN",
-        fault.kind.as_str(), fault.detail
+        "policy {policy} (revision {revision}) failed ({}), and it fails closed, so this change of {resource} was refused; the policy's owner finds the details in the server log and should fix it or set failure_policy FAIL_OPEN",
+        fault.kind.as_str()
     )]
     PolicyFault {
         /// The policy's full name.

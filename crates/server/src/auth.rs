@@ -79,6 +79,12 @@ impl Tokens {
                 bail!("token {n}: the same token appears twice");
             }
         }
+        if tokens.by_digest.is_empty() {
+            bail!(
+                "the tokens file has no [[tokens]] entry, so no caller could authenticate: add one \
+                 (token or token_sha256, principal, tenant, role)"
+            );
+        }
         Ok(tokens)
     }
 
@@ -165,6 +171,26 @@ principal = "ops"
 tenant = "*"
 role = "admin"
 "#;
+
+    #[test]
+    fn a_file_without_tokens_is_refused() {
+        for text in ["", "# only comments\n", "tokens = []\n"] {
+            let err = Tokens::parse(text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("no [[tokens]] entry"), "{text:?}: {err}");
+        }
+        // The overlays' files ship without a token, so a deployment that
+        // did not generate one refuses to start.
+        for overlay in ["single", "ha"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../deploy/kubernetes/overlays")
+                .join(overlay)
+                .join("tokens.toml");
+            assert!(Tokens::load(&path).is_err(), "{overlay}");
+        }
+    }
 
     #[test]
     fn tokens_resolve_by_secret_or_digest() {

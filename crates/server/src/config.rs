@@ -344,12 +344,21 @@ mod tests {
         assert_eq!(config.log_format, LogFormat::Json);
         let tokens = config.tokens.unwrap_or_default();
         assert!(tokens.starts_with("/etc/arbiter/tokens"));
-        crate::auth::Tokens::load(&dir.join("tokens.toml")).unwrap_or_else(|e| panic!("{e:#}"));
+        installed_tokens(&dir.join("tokens.toml"));
         let ha = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/overlays/ha");
         let config = Config::from_file(&ha.join("config.toml")).unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(config.store, StoreKind::Etcd);
         assert_eq!(config.etcd_endpoints.len(), 3);
-        crate::auth::Tokens::load(&ha.join("tokens.toml")).unwrap_or_else(|e| panic!("{e:#}"));
+        installed_tokens(&ha.join("tokens.toml"));
+    }
+
+    /// A shipped tokens file with the entry the README's install step
+    /// appends: it must load.
+    fn installed_tokens(path: &Path) {
+        let shipped = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{e}"));
+        let entry = "[[tokens]]\ntoken_sha256 = \"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824\"\n\
+                     principal = \"platform-admin\"\ntenant = \"*\"\nrole = \"admin\"\n";
+        crate::auth::Tokens::parse(&format!("{shipped}{entry}")).unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     #[test]

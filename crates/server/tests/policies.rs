@@ -566,6 +566,9 @@ async fn hostile_policies_fault_within_their_limits_and_hurt_no_one_else() {
         assert_eq!(f.metadata["policy"], "tenants/acme/policies/hostile");
         assert!(took < limit + slack, "{behaviour} took {took:?}");
         assert!(f.message.len() < 2048, "{behaviour}: {}", f.message);
+        // What the guest wrote (its panic message) stays in the server log.
+        assert!(!f.message.contains("on purpose"), "{behaviour}: {}", f.message);
+        assert!(!f.message.contains("src/lib.rs"), "{behaviour}: {}", f.message);
     }
 
     // A huge denial is cut to size and still reaches the client.
