@@ -215,3 +215,100 @@ async fn made_up_methods_and_paths_add_no_metric_series() {
     assert!(after.iter().any(|s| s.contains("method=\"other\"")));
     server.stop().await;
 }
+
+/// How many first attempts the client gave up on.
+static CANCELLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sends `call` with a deadline of 1 ms, so that the client gives up while
+/// the server is still at work, then retries it at once until it is
+/// answered with something other than `REQUEST_IN_PROGRESS`.
+async fn cancel_then_retry<T, F, Fut>(call: F) -> Result<T, tonic::Status>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    if tokio::time::timeout(Duration::from_millis(1), call())
+        .await
+        .is_err()
+    {
+        CANCELLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    loop {
+        match call().await {
+            Err(status) if reason(&status) == "REQUEST_IN_PROGRESS" => tokio::task::yield_now().await,
+            other => return other.map(tonic::Response::into_inner),
+        }
+    }
+}
+
+fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_cancelled_request_retried_at_once_runs_once() {
+    let server = TestServer::start().await;
+    let vms = server.vms("acme-editor");
+    for i in 0..200 {
+        let mut req = common::create_vm(&format!("c-{i}"));
+        req.request_id = uuid::Uuid::new_v4().to_string();
+        let created = cancel_then_retry(|| {
+            let (mut vms, req) = (vms.clone(), req.clone());
+            async move { vms.create_virtual_machine(req).await }
+        })
+        .await
+        .unwrap_or_else(|s| {
+            panic!(
+                "create {i} answered its own retry with {}: {}",
+                reason(&s),
+                s.message()
+            )
+        });
+        assert_eq!(created.name, format!("tenants/acme/vms/c-{i}"));
+    }
+    // Updates without an etag: each applied once, so the history of the VM
+    // holds its create and one change per update.
+    let updates = 100;
+    for i in 0..updates {
+        let mut vm = common::vm("us-east1");
+        vm.name = "tenants/acme/vms/c-0".into();
+        vm.labels.insert("n".into(), i.to_string());
+        let req = arbiter_api::v1::UpdateVirtualMachineRequest {
+            vm: Some(vm),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["labels".into()],
+            }),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            ..Default::default()
+        };
+        cancel_then_retry(|| {
+            let (mut vms, req) = (vms.clone(), req.clone());
+            async move { vms.update_virtual_machine(req).await }
+        })
+        .await
+        .unwrap_or_else(|s| panic!("update {i}: {}: {}", reason(&s), s.message()));
+    }
+    let history = server
+        .changes("acme-editor")
+        .list_revisions(arbiter_api::v1::ListRevisionsRequest {
+            name: "tenants/acme/vms/c-0".into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(history.revisions.len(), 1 + updates, "one change per request");
+    // The point of the test: most first attempts were cut off mid-way.
+    let cancelled = CANCELLED.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        cancelled >= 100,
+        "only {cancelled} of 300 requests were cancelled"
+    );
+    server.stop().await;
+}
