@@ -4,15 +4,35 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::serve::ListenerExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::readiness::Readiness;
+
+/// A client must send a request's whole header within this time, or its
+/// connection is closed (slowloris); it also bounds how long an idle
+/// HTTP/1.1 connection is kept for its next request.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; further clients wait in the kernel's
+/// accept queue.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// HTTP/2 streams (requests, watches) one connection may hold open at
+/// once, on both listeners.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Largest request header (the request line and header fields): 431 past it.
+const MAX_HEADER_BYTES: usize = 64 << 10;
+/// How long a shutdown waits for open requests before it drops them.
+const DRAIN: Duration = Duration::from_secs(10);
 
 /// Serves the API and the operations endpoints until `shutdown` completes.
 pub async fn serve(
@@ -26,16 +46,61 @@ pub async fn serve(
         .route("/readyz", get(move || ready(Arc::clone(&readiness))))
         .route("/metrics", get(metrics))
         .merge(api);
-    // Responses go out in more than one write (head, then body): without
-    // TCP_NODELAY, Nagle's algorithm holds the body until the client's
-    // delayed ACK, about 40 ms.
-    let listener = listener.tap_io(|tcp| {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors, say: wait instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept an HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Responses go out in more than one write (head, then body):
+        // without TCP_NODELAY, Nagle's algorithm holds the body until the
+        // client's delayed ACK, about 40 ms.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::warn!(error = %e, "cannot set TCP_NODELAY on an HTTP connection");
         }
-    });
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-        tracing::error!(error = %e, "the HTTP server failed");
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("HTTP requests still open after {DRAIN:?} of shutdown were dropped");
     }
 }
 

@@ -259,6 +259,11 @@ async fn serve(
     let compact = tokio::spawn(compact_loop(Arc::clone(&engine), retention));
     let policies = tokio::spawn(engine.follow_policies());
     let result = tonic::transport::Server::builder()
+        // Streams one connection may hold open at once, and pings that
+        // find connections whose peer is gone.
+        .max_concurrent_streams(crate::ops::MAX_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(layer)
         .add_routes(routes)
         // TCP_NODELAY: a response's frames go out in separate writes, which
