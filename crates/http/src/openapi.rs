@@ -184,9 +184,19 @@ fn query_parameters(route: &Route, seen: &mut BTreeMap<String, MessageDescriptor
             Kind::Message(m) => m.full_name() == "google.protobuf.FieldMask",
             _ => !f.is_map(),
         })
-        .map(
-            |f| json!({"name": f.name(), "in": "query", "required": false, "schema": field_schema(&f, seen)}),
-        )
+        .map(|f| {
+            let mut parameter =
+                json!({"name": f.name(), "in": "query", "required": false, "schema": field_schema(&f, seen)});
+            if matches!(f.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask") {
+                parameter["description"] = json!(format!(
+                    "Comma-separated paths of the fields to change, in the JSON form (displayName) \
+                     or as proto field names (display_name); a label as labels.KEY. \
+                      The parameter may also be spelled {}.",
+                    f.json_name()
+                ));
+            }
+            parameter
+        })
         .collect()
 }
 

@@ -107,7 +107,7 @@ pub fn request(
         set(&mut json, path, Value::String(value.clone()));
     }
     let mut lists: Vec<(String, Vec<Value>)> = Vec::new();
-    let mut masks: Vec<(FieldDescriptor, String)> = Vec::new();
+    let mut masks: Vec<(FieldDescriptor, Vec<String>)> = Vec::new();
     for (key, raw) in form_urlencoded::parse(query.as_bytes()) {
         let field = field_at(&input, &key).ok_or_else(|| {
             Malformed(format!(
@@ -126,7 +126,7 @@ pub fn request(
             )));
         }
         if is_field_mask(&field) && !key.contains('.') {
-            masks.push((field, raw.to_string()));
+            masks.push((field, mask_paths(masked(route).as_ref(), &raw)));
             continue;
         }
         let value = query_value(&field, &raw);
@@ -154,17 +154,83 @@ fn is_field_mask(field: &FieldDescriptor) -> bool {
         && !field.is_list()
 }
 
-/// Sets a top-level `FieldMask` from a query parameter's comma-separated
-/// paths, as written (`display_name,labels.env`): unlike the JSON form,
-/// no camelCase conversion, which would mangle label keys.
-fn set_mask(message: &mut DynamicMessage, field: &FieldDescriptor, paths: &str) {
+/// The message a route's field mask is relative to: the resource in its
+/// body (AIP-134), when the body is one field.
+fn masked(route: &Route) -> Option<MessageDescriptor> {
+    let Body::Field(body) = &route.body else {
+        return None;
+    };
+    match route.rpc.input().get_field_by_name(body)?.kind() {
+        Kind::Message(resource) => Some(resource),
+        _ => None,
+    }
+}
+
+/// A query parameter's comma-separated mask paths as field names. Each
+/// path may be in the JSON form (`displayName`) or use the proto field
+/// names (`display_name`); segments that name fields of `resource` are
+/// turned to snake_case, while a map key after a map field
+/// (`labels.app.tier`) stays as written.
+fn mask_paths(resource: Option<&MessageDescriptor>, raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|path| {
+            let mut message = resource.cloned();
+            let mut out: Vec<String> = Vec::new();
+            let mut verbatim = false;
+            for segment in path.split('.') {
+                if verbatim {
+                    out.push(segment.to_string());
+                    continue;
+                }
+                let field = message.as_ref().and_then(|m| {
+                    m.get_field_by_name(segment)
+                        .or_else(|| m.get_field_by_json_name(segment))
+                });
+                match field {
+                    Some(field) => {
+                        out.push(field.name().to_string());
+                        verbatim = field.is_map();
+                        message = match field.kind() {
+                            Kind::Message(inner) if !field.is_map() && !field.is_list() => Some(inner),
+                            _ => None,
+                        };
+                    }
+                    // Unknown here: converted the JSON form's way, and the
+                    // service names the path it does not know.
+                    None => {
+                        out.push(snake_case(segment));
+                        message = None;
+                    }
+                }
+            }
+            out.join(".")
+        })
+        .collect()
+}
+
+/// `displayName` → `display_name`.
+fn snake_case(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len() + 4);
+    for c in segment.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Sets a top-level `FieldMask` to `paths`.
+fn set_mask(message: &mut DynamicMessage, field: &FieldDescriptor, paths: &[String]) {
     let Kind::Message(mask) = field.kind() else { return };
     let mut value = DynamicMessage::new(mask);
     let list = paths
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| prost_reflect::Value::String(p.to_string()))
+        .iter()
+        .map(|p| prost_reflect::Value::String(p.clone()))
         .collect();
     value.set_field_by_name("paths", prost_reflect::Value::List(list));
     message.set_field(field, prost_reflect::Value::Message(value));

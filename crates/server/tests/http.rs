@@ -49,6 +49,17 @@ impl Http {
         (status, headers, body)
     }
 
+    /// Creates the VM `web-1` of tenant acme as an editor.
+    async fn create_web1(&self) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        self.json(
+            Method::POST,
+            &format!("{VMS}?vm_id=web-1"),
+            "acme-editor",
+            vm_body(),
+        )
+        .await
+    }
+
     async fn json(
         &self,
         method: Method,
@@ -94,14 +105,7 @@ const WEB1: &str = "/v1/tenants/acme/vms/web-1";
 async fn conflicts_are_409_problems_with_what_conflicted() {
     let server = TestServer::start().await;
     let http = Http::new(&server);
-    let (status, headers, vm) = http
-        .json(
-            Method::POST,
-            &format!("{VMS}?vm_id=web-1"),
-            "acme-editor",
-            vm_body(),
-        )
-        .await;
+    let (status, headers, vm) = http.create_web1().await;
     assert_eq!(status, StatusCode::OK, "{vm}");
     assert_eq!(headers["etag"], vm["etag"].as_str().unwrap());
     assert!(headers.contains_key("last-modified"));
@@ -337,14 +341,7 @@ async fn http_level_problems_say_what_is_wrong() {
 async fn conditional_requests_follow_rfc_9110() {
     let server = TestServer::start_with(|c| c.require_preconditions = vec!["strict".into()]).await;
     let http = Http::new(&server);
-    let (_, _, vm) = http
-        .json(
-            Method::POST,
-            &format!("{VMS}?vm_id=web-1"),
-            "acme-editor",
-            vm_body(),
-        )
-        .await;
+    let (_, _, vm) = http.create_web1().await;
     let etag = vm["etag"].as_str().unwrap().to_string();
 
     let (status, headers, body) = http
@@ -597,6 +594,58 @@ async fn openapi_and_metrics_are_served() {
     assert!(
         text.contains("arbiter_conflicts_total{kind=\"vm\",reason=\"RESOURCE_EXISTS\"}"),
         "{text}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn field_masks_take_the_json_form_and_field_names() {
+    let server = TestServer::start().await;
+    let http = Http::new(&server);
+    let (status, _, _) = http.create_web1().await;
+    assert!(status.is_success());
+    let change = json!({"displayName": "Web one", "machineType": "e2-large", "labels": {"env": "v"}});
+    // The JSON form, as Google's REST APIs write it.
+    let (status, _, vm) = http
+        .json(
+            Method::PATCH,
+            &format!("{WEB1}?updateMask=displayName,labels.env"),
+            "acme-editor",
+            change.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{vm}");
+    assert_eq!(vm["displayName"], "Web one");
+    assert_eq!(vm["machineType"], "e2-small", "not in the mask");
+    assert_eq!(vm["labels"], json!({"env": "v"}));
+    // Proto field names, under either spelling of the parameter.
+    for query in ["update_mask=machine_type", "updateMask=machine_type"] {
+        let (status, _, vm) = http
+            .json(
+                Method::PATCH,
+                &format!("{WEB1}?{query}"),
+                "acme-editor",
+                change.clone(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{query}: {vm}");
+        assert_eq!(vm["machineType"], "e2-large");
+    }
+    // A path that is no field is still named in the error.
+    let bad = problem(
+        http.json(
+            Method::PATCH,
+            &format!("{WEB1}?updateMask=diskSize"),
+            "acme-editor",
+            change,
+        )
+        .await,
+        422,
+        "INVALID_FIELD",
+    );
+    assert!(
+        bad["detail"].as_str().unwrap_or_default().contains("disk_size"),
+        "{bad}"
     );
     server.stop().await;
 }
