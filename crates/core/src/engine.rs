@@ -19,7 +19,7 @@ use prost_types::Timestamp;
 use sha2::{Digest, Sha256};
 
 use crate::auth::Caller;
-use crate::error::{Current, Error, FieldViolation};
+use crate::error::{Current, Error, FieldViolation, invalid};
 use crate::filter::Filter;
 use crate::kind::{Kind, Resource};
 use crate::mask;
@@ -275,14 +275,6 @@ fn unique_values<R: Resource>(tenant: &str, r: &R) -> Vec<UniqueValue> {
             })
         })
         .collect()
-}
-
-fn invalid(violations: Vec<FieldViolation>) -> Result<(), Error> {
-    if violations.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::InvalidField { violations })
-    }
 }
 
 impl<S: Store> Engine<S> {

@@ -14,14 +14,56 @@ pub struct FieldViolation {
     pub description: String,
 }
 
+/// Most violations one error reports: the last of them then says how many
+/// more there were. Errors travel in gRPC trailers, which clients bound.
+pub const MAX_VIOLATIONS: usize = 8;
+/// Longest field path of a violation, in bytes (it may quote input).
+const MAX_FIELD_BYTES: usize = 128;
+/// Longest description of a violation, in bytes (it may quote input).
+const MAX_DESCRIPTION_BYTES: usize = 320;
+
+/// `text` cut to at most `max` bytes at a character boundary, marked `…`.
+fn clip(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max.saturating_sub('…'.len_utf8());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
 impl FieldViolation {
-    /// A violation of `field`.
+    /// A violation of `field`; both texts are cut to a bounded size, since
+    /// they may quote what the client sent.
     pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self {
-            field: field.into(),
-            description: description.into(),
+            field: clip(field.into(), MAX_FIELD_BYTES),
+            description: clip(description.into(), MAX_DESCRIPTION_BYTES),
         }
     }
+}
+
+/// `Ok` when there is no violation, else `INVALID_FIELD` with at most
+/// [`MAX_VIOLATIONS`] of them.
+pub(crate) fn invalid(mut violations: Vec<FieldViolation>) -> Result<(), Error> {
+    if violations.is_empty() {
+        return Ok(());
+    }
+    if violations.len() > MAX_VIOLATIONS {
+        let more = violations.len() - (MAX_VIOLATIONS - 1);
+        let next = violations.swap_remove(MAX_VIOLATIONS - 1);
+        violations.truncate(MAX_VIOLATIONS - 1);
+        violations.push(FieldViolation::new(
+            next.field,
+            format!(
+                "and {more} more invalid fields from here on; fix the ones listed and send the request again"
+            ),
+        ));
+    }
+    Err(Error::InvalidField { violations })
 }
 
 /// The state a resource is in now, reported with conflicts.
@@ -299,5 +341,42 @@ impl Error {
             *changed_fields = fields;
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn violations_are_bounded_in_number_and_size() {
+        let many: Vec<FieldViolation> = (0..1000)
+            .map(|i| FieldViolation::new(format!("vm.labels[\"{}{i}\"]", "k".repeat(500)), "d".repeat(5000)))
+            .collect();
+        let Err(Error::InvalidField { violations }) = invalid(many) else {
+            panic!("violations make an error");
+        };
+        assert_eq!(violations.len(), MAX_VIOLATIONS);
+        assert!(
+            violations[MAX_VIOLATIONS - 1]
+                .description
+                .starts_with("and 993 more")
+        );
+        for v in &violations {
+            assert!(
+                v.field.len() <= MAX_FIELD_BYTES && v.field.ends_with('…'),
+                "{}",
+                v.field
+            );
+            assert!(
+                v.description.len() <= MAX_DESCRIPTION_BYTES,
+                "{}",
+                v.description.len()
+            );
+        }
+        // Cut at a character boundary.
+        let wide = FieldViolation::new("é".repeat(100), "");
+        assert!(wide.field.len() <= MAX_FIELD_BYTES);
+        assert!(invalid(Vec::new()).is_ok());
     }
 }

@@ -35,12 +35,29 @@ fn unquote(value: &str) -> Result<String, Error> {
     Ok(inner.to_string())
 }
 
+/// Longest filter, in bytes.
+pub const MAX_FILTER_BYTES: usize = 1024;
+/// Most terms in one filter.
+pub const MAX_FILTER_TERMS: usize = 16;
+
 impl Filter {
     /// Parses a filter for `kind`.
     pub fn parse(kind: &Kind, text: &str) -> Result<Self, Error> {
         let text = text.trim();
         if text.is_empty() {
             return Ok(Self::default());
+        }
+        if text.len() > MAX_FILTER_BYTES {
+            return Err(bad(format!(
+                "the filter is {} bytes; at most {MAX_FILTER_BYTES} are allowed",
+                text.len()
+            )));
+        }
+        let count = text.split(" AND ").count();
+        if count > MAX_FILTER_TERMS {
+            return Err(bad(format!(
+                "the filter has {count} terms; at most {MAX_FILTER_TERMS} are allowed"
+            )));
         }
         let mut terms = Vec::new();
         for term in text.split(" AND ") {
@@ -113,5 +130,22 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn filters_are_bounded_in_size_and_terms() {
+        let message = |text: &str| {
+            Filter::parse(&VM, text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let long = format!("labels.env = \"{}\"", "x".repeat(MAX_FILTER_BYTES));
+        assert!(message(&long).contains("at most 1024"), "{}", message(&long));
+        assert!(message(&long).len() < 1024, "the error does not echo the filter");
+        let many = vec!["state = RUNNING"; MAX_FILTER_TERMS + 1].join(" AND ");
+        assert!(message(&many).contains("17 terms"), "{}", message(&many));
+        let most = vec!["state = RUNNING"; MAX_FILTER_TERMS].join(" AND ");
+        assert!(Filter::parse(&VM, &most).is_ok());
     }
 }

@@ -77,11 +77,7 @@ pub fn parse<R: Resource>(paths: &[String], request: &R) -> Result<Vec<Path>, Er
             },
         }
     }
-    if violations.is_empty() {
-        Ok(out)
-    } else {
-        Err(Error::InvalidField { violations })
-    }
+    crate::error::invalid(violations).map(|()| out)
 }
 
 fn verbs(kind: &crate::kind::Kind) -> String {

@@ -12,17 +12,9 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::{Access, Caller};
 use crate::engine::{CreateRequest, Engine, UpdateRequest};
-use crate::error::{Error, FieldViolation};
+use crate::error::{Error, invalid};
 use crate::kinds::POLICY;
 use crate::names;
-
-fn invalid(violations: Vec<FieldViolation>) -> Result<(), Error> {
-    if violations.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::InvalidField { violations })
-    }
-}
 
 /// The hex SHA-256 of a module.
 pub fn module_digest(module: &[u8]) -> String {

@@ -358,3 +358,45 @@ async fn slowloris_connections_are_closed_and_block_no_one() {
         .expect("connections that never finish their header are closed within 30 s");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn errors_stay_small_whatever_the_request() {
+    use tonic_types::StatusExt;
+    let server = TestServer::start().await;
+    let mut vms = server.vms("acme-editor");
+    // A thousand bad labels with long keys: a handful of violations, cut short.
+    let mut req = common::create_vm("many-labels");
+    if let Some(vm) = req.vm.as_mut() {
+        for i in 0..1000 {
+            vm.labels.insert(format!("Bad{}{i}", "K".repeat(300)), "v".into());
+        }
+    }
+    let status = vms.create_virtual_machine(req).await.unwrap_err();
+    assert_eq!(reason(&status), "INVALID_FIELD");
+    let violations = status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.len())
+        .unwrap_or_default();
+    assert!((1..=8).contains(&violations), "{violations} violations");
+    assert!(
+        status.message().len() < 8 << 10,
+        "{} bytes",
+        status.message().len()
+    );
+    assert!(
+        status.details().len() < 8 << 10,
+        "{} bytes of details",
+        status.details().len()
+    );
+    // A filter of 100 KB is refused without being echoed back.
+    let list = arbiter_api::v1::ListVirtualMachinesRequest {
+        parent: "tenants/acme".into(),
+        filter: format!("labels.env = \"{}\"", "x".repeat(100_000)),
+        ..Default::default()
+    };
+    let status = vms.list_virtual_machines(list).await.unwrap_err();
+    assert_eq!(reason(&status), "INVALID_FIELD");
+    assert!(status.message().len() < 1024, "{} bytes", status.message().len());
+    server.stop().await;
+}
