@@ -40,6 +40,9 @@ pub struct EngineConfig {
     pub policy: PolicyConfig,
     /// Tenants whose updates and deletes must carry an etag.
     pub require_etag: BTreeSet<String>,
+    /// Most stored resources one list request reads before it ends its
+    /// page early with a page token.
+    pub list_scan_limit: usize,
 }
 
 impl Default for EngineConfig {
@@ -49,6 +52,7 @@ impl Default for EngineConfig {
             max_retries: 8,
             policy: PolicyConfig::default(),
             require_etag: BTreeSet::new(),
+            list_scan_limit: 10_000,
         }
     }
 }
@@ -338,6 +342,11 @@ impl<S: Store> Engine<S> {
         };
         let mut items: Vec<R> = Vec::with_capacity(size + 1);
         let mut failure = None;
+        // The work of one request is bounded: a filter that matches little
+        // ends the page early, at the last resource read (AIP-158 allows a
+        // short page with a token).
+        let limit = self.config.list_scan_limit.max(1);
+        let (mut scanned, mut last_read) = (0usize, Vec::new());
         self.store
             .scan(&prefix, after.as_deref(), &mut |key, stored| {
                 match decode::<R>(key, &stored) {
@@ -345,7 +354,11 @@ impl<S: Store> Engine<S> {
                     Ok(_) => {}
                     Err(e) => failure = Some(e),
                 }
+                scanned += 1;
                 if items.len() > size || failure.is_some() {
+                    Scan::Stop
+                } else if scanned >= limit {
+                    key.clone_into(&mut last_read);
                     Scan::Stop
                 } else {
                     Scan::Continue
@@ -357,6 +370,10 @@ impl<S: Store> Engine<S> {
             return Err(e);
         }
         let mut next_page_token = String::new();
+        if items.len() <= size && !last_read.is_empty() {
+            let id = String::from_utf8_lossy(last_read.strip_prefix(prefix.as_slice()).unwrap_or_default());
+            next_page_token = page::encode(&req.parent, kind.collection, &req.filter, &id);
+        }
         if items.len() > size {
             items.truncate(size);
             if let Some(last) = items.last() {

@@ -67,6 +67,9 @@ pub struct Config {
     pub policy_max_module_bytes: u64,
     /// Policy evaluations running at once.
     pub policy_concurrency: u32,
+    /// Most stored resources one list request reads: past it, the page
+    /// ends early with a page token, however few items matched the filter.
+    pub list_scan_limit: usize,
     /// Where compiled policy modules are cached; default `DATA_DIR/policy-cache`.
     pub policy_cache_dir: Option<PathBuf>,
     /// Tenants whose updates and deletes must carry an etag (`If-Match`):
@@ -99,6 +102,7 @@ impl Default for Config {
             policy_max_memory_bytes: 256 << 20,
             policy_max_module_bytes: 64 << 20,
             policy_concurrency: 64,
+            list_scan_limit: 10_000,
             policy_cache_dir: None,
             require_preconditions: Vec::new(),
             public_url: None,
@@ -147,6 +151,9 @@ pub struct ServeArgs {
     /// Policy evaluations at once [default: 64].
     #[arg(long, env = "ARBITER_POLICY_CONCURRENCY", value_name = "N")]
     pub policy_concurrency: Option<u32>,
+    /// Most resources one list request reads [default: 10000].
+    #[arg(long, env = "ARBITER_LIST_SCAN_LIMIT", value_name = "N")]
+    pub list_scan_limit: Option<usize>,
     /// Compiled-module cache [default: DATA_DIR/policy-cache].
     #[arg(long, env = "ARBITER_POLICY_CACHE_DIR", value_name = "DIR")]
     pub policy_cache_dir: Option<PathBuf>,
@@ -216,6 +223,7 @@ impl Config {
             policy_max_memory_bytes,
             policy_max_module_bytes,
             policy_concurrency,
+            list_scan_limit,
             policy_cache_dir,
             require_preconditions,
             public_url,
@@ -253,6 +261,9 @@ impl Config {
         }
         if let Some(v) = policy_concurrency {
             self.policy_concurrency = v;
+        }
+        if let Some(v) = list_scan_limit {
+            self.list_scan_limit = v.max(1);
         }
         if policy_cache_dir.is_some() {
             self.policy_cache_dir = policy_cache_dir;

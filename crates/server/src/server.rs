@@ -88,6 +88,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let engine_config = EngineConfig {
         policy: config.policy(),
         require_etag: config.require_preconditions.iter().cloned().collect(),
+        list_scan_limit: config.list_scan_limit.max(1),
         ..EngineConfig::default()
     };
     let engine = Arc::new(Engine::with_runtime(

@@ -400,3 +400,57 @@ async fn errors_stay_small_whatever_the_request() {
     assert!(status.message().len() < 1024, "{} bytes", status.message().len());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_list_reads_a_bounded_number_of_resources() {
+    let server = TestServer::start_with(|c| c.list_scan_limit = 50).await;
+    let mut vms = server.vms("acme-editor");
+    for i in 0..120 {
+        vms.create_virtual_machine(common::create_vm(&format!("plain-{i:03}")))
+            .await
+            .unwrap();
+    }
+    let mut rare = common::create_vm("zz-rare");
+    if let Some(vm) = rare.vm.as_mut() {
+        vm.labels.insert("env".into(), "rare".into());
+    }
+    vms.create_virtual_machine(rare).await.unwrap();
+    // A filter that matches one VM in 121: each page reads at most 50 and
+    // ends early with a token; following the tokens finds the match once.
+    let (mut found, mut pages, mut token) = (Vec::new(), 0, String::new());
+    loop {
+        let page = vms
+            .list_virtual_machines(arbiter_api::v1::ListVirtualMachinesRequest {
+                parent: "tenants/acme".into(),
+                page_size: 10,
+                page_token: token.clone(),
+                filter: "labels.env = \"rare\"".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        found.extend(page.vms.into_iter().map(|vm| vm.name));
+        token = page.next_page_token;
+        if token.is_empty() || pages > 10 {
+            break;
+        }
+    }
+    assert_eq!(found, ["tenants/acme/vms/zz-rare"]);
+    assert!(
+        pages >= 3,
+        "121 VMs at 50 per page take at least 3 pages, took {pages}"
+    );
+    // Without a filter, pages are full as before.
+    let page = vms
+        .list_virtual_machines(arbiter_api::v1::ListVirtualMachinesRequest {
+            parent: "tenants/acme".into(),
+            page_size: 20,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.vms.len(), 20);
+    server.stop().await;
+}
