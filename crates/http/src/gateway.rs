@@ -441,28 +441,43 @@ fn reason_of(status: &tonic::Status) -> String {
 
 /// The `ETAG_MISMATCH` of a header precondition found failed before the
 /// call, with the resource as it is now.
+/// The `ETAG_MISMATCH` of a header precondition the gateway checks itself
+/// (several `If-Match` tags, `If-Unmodified-Since`), with the same
+/// members as the service's own: the current etag, state, author and time
+/// (RFC 3339, as in the resource), and the resource's `ResourceInfo`.
 fn mismatch(current: &DynamicMessage, expected: &str) -> tonic::Status {
     use tonic_types::{ErrorDetails, StatusExt};
     let name = text_field(current, "name").unwrap_or_default();
     let etag = text_field(current, "etag").unwrap_or_default();
-    let mut metadata = std::collections::HashMap::from([
+    // The proto3 JSON form names the state and writes the time in RFC 3339.
+    let json = serde_json::to_value(current).unwrap_or_default();
+    let text = |key: &str| {
+        json.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (updated_by, update_time) = (text("updatedBy"), text("updateTime"));
+    let metadata = std::collections::HashMap::from([
         ("resource".to_string(), name.clone()),
         ("expected_etag".to_string(), expected.to_string()),
         ("current_etag".to_string(), etag.clone()),
+        ("current_state".to_string(), text("state")),
+        ("updated_by".to_string(), updated_by.clone()),
+        ("update_time".to_string(), update_time.clone()),
     ]);
-    for key in ["updated_by"] {
-        if let Some(value) = text_field(current, key) {
-            metadata.insert(key.to_string(), value);
-        }
-    }
-    if let Some(time) = update_time(current) {
-        metadata.insert("update_time".into(), httpdate::fmt_http_date(time));
-    }
-    let details = ErrorDetails::with_error_info("ETAG_MISMATCH", "arbiter", metadata);
+    let mut details = ErrorDetails::with_error_info("ETAG_MISMATCH", "arbiter", metadata);
+    let owner = name.splitn(3, '/').take(2).collect::<Vec<_>>().join("/");
+    details.set_resource_info(
+        current.descriptor().full_name(),
+        name.clone(),
+        owner,
+        "changed since the etag was read",
+    );
     tonic::Status::with_error_details(
         Code::Aborted,
         format!(
-            "{name} does not meet the precondition ({expected}): its etag is now {etag}; get it again, reapply your change and retry with the new etag"
+            "{name} was changed by {updated_by} at {update_time} and does not meet the precondition ({expected}): its etag is now {etag}; get it again, reapply your change and retry with the new etag"
         ),
         details,
     )

@@ -284,6 +284,48 @@ fn owner(name: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The reasons this file sets, from its source text.
+    fn reasons_set_here() -> Vec<String> {
+        let source = include_str!("status.rs");
+        source
+            .split("set_error_info(")
+            .skip(1)
+            .filter_map(|rest| rest.trim_start().strip_prefix('"'))
+            .filter_map(|rest| rest.split('"').next())
+            .filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_reason_has_a_problem_page_and_a_readme_row() {
+        let readme = include_str!("../../../README.md");
+        let errors_table = readme
+            .split("## Errors")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .unwrap_or_default();
+        let set = reasons_set_here();
+        assert!(set.len() >= 15, "found {set:?}");
+        for reason in &set {
+            assert!(
+                arbiter_http::problem::REASONS.iter().any(|r| r.reason == reason),
+                "{reason} has no problem type (arbiter_http::problem::REASONS)"
+            );
+            assert!(
+                errors_table.contains(&format!("`{reason}`")),
+                "{reason} has no row in the README's Errors table"
+            );
+        }
+        for reason in arbiter_http::problem::REASONS {
+            assert!(
+                readme.contains(&format!("`{}`", reason.reason)),
+                "{} is not documented in the README",
+                reason.reason
+            );
+        }
+    }
+
     #[test]
     fn owner_is_the_tenant() {
         assert_eq!(owner("tenants/acme/vms/web-1"), "tenants/acme");

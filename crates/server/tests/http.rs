@@ -390,7 +390,15 @@ async fn conditional_requests_follow_rfc_9110() {
     let past = http
         .request(Method::DELETE, WEB1, "acme-editor")
         .header("If-Unmodified-Since", "Mon, 01 Jan 2001 00:00:00 GMT");
-    problem(http.send(past).await, 412, "ETAG_MISMATCH");
+    let past = problem(http.send(past).await, 412, "ETAG_MISMATCH");
+    // Checked by the gateway itself, it says what the service says.
+    for member in ["etag", "state", "updated_by", "update_time"] {
+        assert!(past["current"][member].is_string(), "{member}: {past}");
+    }
+    assert_eq!(past["current"]["state"], "STOPPED");
+    let time = past["current"]["update_time"].as_str().unwrap_or_default();
+    assert!(time.contains('T') && time.ends_with('Z'), "RFC 3339: {time}");
+    assert_eq!(past["resource"], "tenants/acme/vms/web-1");
     let future = http
         .request(Method::POST, &format!("{WEB1}:start"), "acme-editor")
         .header("If-Unmodified-Since", "Fri, 01 Jan 2100 00:00:00 GMT")
