@@ -22,17 +22,13 @@ const MAX_FIELD_BYTES: usize = 128;
 /// Longest description of a violation, in bytes (it may quote input).
 const MAX_DESCRIPTION_BYTES: usize = 320;
 
-/// `text` cut to at most `max` bytes at a character boundary, marked `…`.
-fn clip(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max.saturating_sub('…'.len_utf8());
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
+/// `text` cut to at most `max` bytes at a character boundary.
+fn clip(text: String, max: usize) -> String {
+    if text.len() <= max {
+        text
+    } else {
+        crate::policy::truncate(&text, max)
     }
-    text
 }
 
 impl FieldViolation {
@@ -364,7 +360,7 @@ mod tests {
         );
         for v in &violations {
             assert!(
-                v.field.len() <= MAX_FIELD_BYTES && v.field.ends_with('…'),
+                v.field.len() <= MAX_FIELD_BYTES && v.field.ends_with("..."),
                 "{}",
                 v.field
             );

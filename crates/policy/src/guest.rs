@@ -8,7 +8,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::limits::MemoryLimiter;
-use crate::logs::PER_EVALUATION;
+use crate::logs::{MAX_LINE, PER_EVALUATION};
 
 /// Bytes of stdout and of stderr kept per evaluation.
 const CAPTURE: usize = 4096;
@@ -109,9 +109,28 @@ impl WasiView for GuestState {
 impl crate::bindings::arbiter::policy::types::Host for GuestState {}
 
 impl crate::bindings::PolicyImports for GuestState {
+    /// Keeps the first few lines of an evaluation, each cut to the length
+    /// the server log takes: a guest's string may be as large as its memory.
     fn log(&mut self, message: String) {
         if self.logged.len() < PER_EVALUATION {
-            self.logged.push(message);
+            self.logged
+                .push(arbiter_core::policy::truncate(&message, MAX_LINE));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::PolicyImports;
+
+    #[test]
+    fn logged_lines_are_few_and_short() {
+        let mut state = GuestState::new(0, 1 << 20);
+        for _ in 0..100 {
+            state.log("x".repeat(1 << 20));
+        }
+        assert_eq!(state.logged.len(), PER_EVALUATION);
+        assert!(state.logged.iter().all(|l| l.len() <= MAX_LINE));
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// Longest line kept.
-const MAX_LINE: usize = 512;
+pub const MAX_LINE: usize = 512;
 /// Most lines one evaluation may log.
 pub const PER_EVALUATION: usize = 8;
 /// Lines per second each policy may log, and its burst.
