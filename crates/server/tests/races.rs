@@ -11,14 +11,6 @@ use common::*;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_creates_have_exactly_one_winner_per_name() {
     const CLIENTS: usize = 32;

@@ -174,6 +174,15 @@ impl TestServer {
     }
 }
 
+/// The `ErrorInfo` reason of a status, empty without one.
+pub fn reason(status: &Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
 /// The code, `ErrorInfo` reason and metadata of a failed call.
 pub struct Failure {
     pub code: Code,
