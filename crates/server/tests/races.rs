@@ -148,17 +148,7 @@ async fn etag_read_modify_write_loses_no_update() {
                         .await
                         .unwrap()
                         .into_inner();
-                    let count: u64 = current.labels["count"].parse().unwrap();
-                    let mut next = current.clone();
-                    next.labels.insert("count".into(), (count + 1).to_string());
-                    let update = UpdateVirtualMachineRequest {
-                        vm: Some(next),
-                        update_mask: Some(prost_types::FieldMask {
-                            paths: vec!["labels.count".into()],
-                        }),
-                        ..Default::default()
-                    };
-                    match client.update_virtual_machine(update).await {
+                    match client.update_virtual_machine(increment_count(&current)).await {
                         Ok(_) => done += 1,
                         Err(status) => {
                             assert_eq!(

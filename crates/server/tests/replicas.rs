@@ -11,9 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arbiter_api::v1::{
-    CreatePolicyRequest, DeletePolicyRequest, GetVirtualMachineRequest, Policy, UpdateVirtualMachineRequest,
-};
+use arbiter_api::v1::{CreatePolicyRequest, DeletePolicyRequest, GetVirtualMachineRequest, Policy};
 use arbiter_store::testing::{Etcd, unique_prefix};
 use arbiter_test_guests as guests;
 use common::process::{Process, TestClient, check_store, wait_health};
@@ -126,17 +124,7 @@ async fn replicas_share_names_emails_and_etags() {
                         .await
                         .unwrap()
                         .into_inner();
-                    let count: u64 = current.labels.get("count").map_or(0, |v| v.parse().unwrap());
-                    let mut next = current.clone();
-                    next.labels.insert("count".into(), (count + 1).to_string());
-                    let update = UpdateVirtualMachineRequest {
-                        vm: Some(next),
-                        update_mask: Some(prost_types::FieldMask {
-                            paths: vec!["labels.count".into()],
-                        }),
-                        ..Default::default()
-                    };
-                    match vms.update_virtual_machine(update).await {
+                    match vms.update_virtual_machine(increment_count(&current)).await {
                         Ok(_) => done += 1,
                         Err(s) => assert_eq!(s.code(), Code::Aborted, "{s:?}"),
                     }

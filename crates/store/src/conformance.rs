@@ -7,6 +7,39 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Names every behaviour of the suite to the backend's test macros, so that
+/// a behaviour added here runs on every backend: `$each!` gets those that
+/// take `&S`, `$shared!` those that take an `Arc<S>` to share between
+/// tasks. `compaction_bounds_history` is left to each backend (on etcd it
+/// compacts the whole cluster and needs one of its own).
+#[macro_export]
+macro_rules! conformance_behaviours {
+    ($each:ident, $shared:ident) => {
+        $each!(
+            create_is_exclusive,
+            writes_are_conditional,
+            unique_keys_have_one_owner,
+            unique_keys_move_within_one_commit,
+            scans_are_ordered,
+            large_scans_are_complete,
+            commits_are_atomic,
+            reads_are_preconditions,
+            counters_respect_limits,
+            idempotency_records_outcomes,
+            request_ids_commit_once,
+            blobs_round_trip,
+            watch_delivers_commits,
+            idle_watch_reports_progress,
+            history_lists_changes,
+        );
+        $shared!(
+            concurrent_creates_have_one_winner,
+            concurrent_counters_are_exact,
+            watch_resumes_without_gaps,
+        );
+    };
+}
+
 use futures::StreamExt;
 
 use crate::{

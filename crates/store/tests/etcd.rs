@@ -42,29 +42,7 @@ macro_rules! conformance_shared {
     )*};
 }
 
-conformance!(
-    create_is_exclusive,
-    writes_are_conditional,
-    unique_keys_have_one_owner,
-    unique_keys_move_within_one_commit,
-    scans_are_ordered,
-    large_scans_are_complete,
-    commits_are_atomic,
-    reads_are_preconditions,
-    counters_respect_limits,
-    idempotency_records_outcomes,
-    request_ids_commit_once,
-    blobs_round_trip,
-    watch_delivers_commits,
-    idle_watch_reports_progress,
-    history_lists_changes,
-);
-
-conformance_shared!(
-    concurrent_creates_have_one_winner,
-    concurrent_counters_are_exact,
-    watch_resumes_without_gaps,
-);
+arbiter_store::conformance_behaviours!(conformance, conformance_shared);
 
 #[tokio::test]
 async fn compaction_bounds_history() {

@@ -31,30 +31,9 @@ macro_rules! conformance_shared {
     )*};
 }
 
-conformance!(
-    create_is_exclusive,
-    writes_are_conditional,
-    unique_keys_have_one_owner,
-    unique_keys_move_within_one_commit,
-    scans_are_ordered,
-    large_scans_are_complete,
-    commits_are_atomic,
-    reads_are_preconditions,
-    counters_respect_limits,
-    idempotency_records_outcomes,
-    request_ids_commit_once,
-    blobs_round_trip,
-    watch_delivers_commits,
-    idle_watch_reports_progress,
-    history_lists_changes,
-    compaction_bounds_history,
-);
+arbiter_store::conformance_behaviours!(conformance, conformance_shared);
 
-conformance_shared!(
-    concurrent_creates_have_one_winner,
-    concurrent_counters_are_exact,
-    watch_resumes_without_gaps,
-);
+conformance!(compaction_bounds_history);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revisions_and_data_survive_reopen() {

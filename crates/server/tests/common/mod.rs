@@ -174,6 +174,23 @@ impl TestServer {
     }
 }
 
+/// The etag-guarded update that adds one to the label `count` of `current`
+/// (read-modify-write: it fails with ABORTED when the VM moved since).
+pub fn increment_count(
+    current: &arbiter_api::v1::VirtualMachine,
+) -> arbiter_api::v1::UpdateVirtualMachineRequest {
+    let count: u64 = current.labels.get("count").map_or(0, |v| v.parse().unwrap());
+    let mut next = current.clone();
+    next.labels.insert("count".into(), (count + 1).to_string());
+    arbiter_api::v1::UpdateVirtualMachineRequest {
+        vm: Some(next),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["labels.count".into()],
+        }),
+        ..Default::default()
+    }
+}
+
 /// The `ErrorInfo` reason of a status, empty without one.
 pub fn reason(status: &Status) -> String {
     status
