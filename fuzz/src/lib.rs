@@ -48,7 +48,12 @@ fn build() -> Result<Stack, Box<dyn std::error::Error>> {
             EngineConfig::default(),
         ));
         let (_, health) = tonic_health::server::health_reporter();
-        let routes = arbiter_server::server::routes(tonic::service::Routes::new(health), &engine, 1 << 20)?;
+        let routes = arbiter_server::server::routes(
+            tonic::service::Routes::new(health),
+            &engine,
+            &std::sync::Arc::new(arbiter_server::limits::Limiter::unlimited()),
+            1 << 20,
+        )?;
         let layer = RequestLayer::new(Arc::new(Tokens::admin(TOKEN)));
         let grpc = GrpcService::new(layer.layer(routes));
         let http = arbiter_http::router(arbiter_api::json::pool()?, grpc.clone(), Default::default())?;

@@ -26,6 +26,7 @@ use crate::mask;
 use crate::names::{self, Name};
 use crate::page;
 use crate::policy::{self, Input, Operation, Policies, PolicyConfig, PolicyRuntime, PolicyStats};
+use crate::quota::{Quotas, quota_exceeded};
 use crate::validate::{check_id, check_labels, check_request_id};
 
 /// Engine settings.
@@ -43,6 +44,8 @@ pub struct EngineConfig {
     /// Most stored resources one list request reads before it ends its
     /// page early with a page token.
     pub list_scan_limit: usize,
+    /// Per-tenant quotas of each collection.
+    pub quotas: Quotas,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +56,7 @@ impl Default for EngineConfig {
             policy: PolicyConfig::default(),
             require_etag: BTreeSet::new(),
             list_scan_limit: 10_000,
+            quotas: Quotas::default(),
         }
     }
 }
@@ -180,8 +184,8 @@ impl Drop for InflightGuard<'_> {
 /// The resource engine over a store.
 #[derive(Debug)]
 pub struct Engine<S> {
-    store: Arc<S>,
-    config: EngineConfig,
+    pub(crate) store: Arc<S>,
+    pub(crate) config: EngineConfig,
     inflight: Mutex<HashSet<Vec<u8>>>,
     pub(crate) policies: Policies,
 }
@@ -446,6 +450,12 @@ impl<S: Store> Engine<S> {
                     return Err(taken::<R>(&name, u, &owner));
                 }
             }
+            if let Some(limit) = self.config.quotas.limit(&name.tenant, kind.collection) {
+                let usage = self.usage(&name.tenant, kind).await?;
+                if usage >= i64::try_from(limit).unwrap_or(i64::MAX) {
+                    return Err(quota_exceeded(&name.tenant, kind, limit, usage));
+                }
+            }
             return Ok(r);
         }
         let value = encode(&r);
@@ -456,40 +466,62 @@ impl<S: Store> Engine<S> {
             operation: "create".into(),
         }];
         writes.extend(markers::<R>(&name.tenant));
-        let commit = Commit {
-            writes,
-            claims: uniques
-                .iter()
-                .map(|u| Claim {
-                    key: u.key.clone(),
-                    owner: key.clone(),
-                })
-                .collect(),
-            change: self.change(caller, &req.request_id, ms),
-            idempotency: mark.map(|m| m.with_outcome(value)),
-            ..Commit::default()
-        };
-        match self.store.commit(commit).await {
-            Ok(done) => {
-                self.committed::<R>(&name.tenant);
-                let meta = r.meta_mut();
-                *meta.revision = done.revision;
-                *meta.etag = etag_of(done.revision);
-                Ok(r)
-            }
-            Err(CommitError::Conflict {
-                current: Some(existing),
-                ..
-            }) => Err(self.exists::<R>(&name, &key, &existing)),
-            Err(CommitError::Taken { key, owner }) => {
-                let u = uniques.iter().find(|u| u.key == key);
-                Err(u.map_or_else(
-                    || Error::storage("claiming a unique field", "unknown key"),
-                    |u| taken::<R>(&name, u, &owner),
-                ))
-            }
-            Err(CommitError::Recorded(record)) => self.replay_recorded::<R>(&name, &req.request_id, &record),
-            Err(e) => Err(Error::storage("creating the resource", e)),
+        let claims: Vec<Claim> = uniques
+            .iter()
+            .map(|u| Claim {
+                key: u.key.clone(),
+                owner: key.clone(),
+            })
+            .collect();
+        let mut attempt = 0;
+        loop {
+            let counting = self.counting(&name.tenant, kind, 1).await?;
+            let mut commit = Commit {
+                writes: writes.clone(),
+                claims: claims.clone(),
+                change: self.change(caller, &req.request_id, ms),
+                idempotency: mark.clone().map(|m| m.with_outcome(value.clone())),
+                ..Commit::default()
+            };
+            let (limit, counted) = (counting.limit, counting.clone());
+            counting.apply(&mut commit);
+            return match self.store.commit(commit).await {
+                Ok(done) => {
+                    self.committed::<R>(&name.tenant);
+                    let meta = r.meta_mut();
+                    *meta.revision = done.revision;
+                    *meta.etag = etag_of(done.revision);
+                    Ok(r)
+                }
+                Err(CommitError::Conflict { key: moved, .. }) if counted.is_marker(&moved) => {
+                    if attempt >= self.config.max_retries {
+                        return Err(Error::storage("counting for a quota", "the count kept moving"));
+                    }
+                    attempt += 1;
+                    continue;
+                }
+                Err(CommitError::Conflict {
+                    current: Some(existing),
+                    ..
+                }) => Err(self.exists::<R>(&name, &key, &existing)),
+                Err(CommitError::Taken { key, owner }) => {
+                    let u = uniques.iter().find(|u| u.key == key);
+                    Err(u.map_or_else(
+                        || Error::storage("claiming a unique field", "unknown key"),
+                        |u| taken::<R>(&name, u, &owner),
+                    ))
+                }
+                Err(CommitError::Limit { value, .. }) => Err(quota_exceeded(
+                    &name.tenant,
+                    kind,
+                    limit.unwrap_or_default(),
+                    value,
+                )),
+                Err(CommitError::Recorded(record)) => {
+                    self.replay_recorded::<R>(&name, &req.request_id, &record)
+                }
+                Err(e) => Err(Error::storage("creating the resource", e)),
+            };
         }
     }
 
@@ -673,6 +705,11 @@ impl<S: Store> Engine<S> {
                 return Ok(next);
             }
             let value = next.as_ref().map(encode);
+            let counting = if next.is_none() {
+                self.counting(&name.tenant, kind, -1).await?
+            } else {
+                Default::default()
+            };
             let mut writes = vec![Write {
                 key: key.clone(),
                 expect: Expect::Revision(stored.revision),
@@ -680,7 +717,7 @@ impl<S: Store> Engine<S> {
                 operation: verb.into(),
             }];
             writes.extend(markers::<R>(&name.tenant));
-            let commit = Commit {
+            let mut commit = Commit {
                 writes,
                 claims: after
                     .iter()
@@ -699,6 +736,8 @@ impl<S: Store> Engine<S> {
                 idempotency: mark.clone().map(|m| m.with_outcome(value.unwrap_or_default())),
                 ..Commit::default()
             };
+            let counted = counting.clone();
+            counting.apply(&mut commit);
             match self.store.commit(commit).await {
                 Ok(done) => {
                     self.committed::<R>(&name.tenant);
@@ -708,6 +747,11 @@ impl<S: Store> Engine<S> {
                         *meta.etag = etag_of(done.revision);
                     }
                     return Ok(next);
+                }
+                Err(CommitError::Conflict { key: moved, .. })
+                    if counted.is_marker(&moved) && attempt < self.config.max_retries =>
+                {
+                    attempt += 1;
                 }
                 Err(CommitError::Conflict {
                     current: Some(moved), ..

@@ -269,6 +269,32 @@ pub enum Error {
         /// The first revision not delivered.
         resume_revision: u64,
     },
+    /// A create would take the tenant past its quota of the collection
+    /// (RESOURCE_EXHAUSTED `QUOTA_EXCEEDED`).
+    #[error(
+        "tenant {tenant} holds {usage} {collection} and its quota is {limit}; delete {collection} it no longer needs, or ask an operator to raise the quota"
+    )]
+    QuotaExceeded {
+        /// The tenant.
+        tenant: String,
+        /// The collection, e.g. `vms`.
+        collection: &'static str,
+        /// The quota.
+        limit: u64,
+        /// How many the tenant holds.
+        usage: u64,
+    },
+    /// Too many requests: a rate limit, the in-flight limit, or no policy
+    /// evaluation slot in time (RESOURCE_EXHAUSTED `RATE_LIMITED`).
+    #[error("{what}; retry after {}ms", retry_after.as_millis())]
+    RateLimited {
+        /// Which limit, in words.
+        what: String,
+        /// The limit, for clients (e.g. `200/s`).
+        limit: String,
+        /// How long to wait before a retry may pass.
+        retry_after: std::time::Duration,
+    },
     /// The store cannot be reached (UNAVAILABLE `STORE_UNAVAILABLE`).
     #[error("the store is unavailable while {0}; retry shortly")]
     StoreUnavailable(String),

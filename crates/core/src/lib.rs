@@ -28,6 +28,7 @@ pub mod names;
 pub mod page;
 pub mod policy;
 pub mod policy_admin;
+pub mod quota;
 pub mod validate;
 
 pub use auth::{Access, Caller, Role};
@@ -42,3 +43,4 @@ pub use policy::{
     Denial, DenialKind, Fault, FaultKind, Input, Limits, Object, Operation, Outcome, PolicyConfig,
     PolicyRuntime, PolicyStats, Verdict,
 };
+pub use quota::{QuotaRule, Quotas};

@@ -131,13 +131,13 @@ pub const REASONS: &[Reason] = &[
         reason: "QUOTA_EXCEEDED",
         status: StatusCode::TOO_MANY_REQUESTS,
         title: "Quota exceeded",
-        resolve: "The tenant's quota is used up. Delete resources or ask for a larger quota.",
+        resolve: "The tenant holds as many resources of this collection as its quota allows (`quota` has the collection, limit and usage). Delete resources it no longer needs, or ask an operator to raise the quota; retrying does not help until then.",
     },
     Reason {
         reason: "RATE_LIMITED",
         status: StatusCode::TOO_MANY_REQUESTS,
         title: "Rate limited",
-        resolve: "Too many requests. Retry after the Retry-After delay.",
+        resolve: "The tenant (or principal) sent more requests than its rate limit, had too many requests in flight, or no policy evaluation slot was free in time (`limit` says which). Retry after the Retry-After delay, and slow down.",
     },
     Reason {
         reason: "REVISION_COMPACTED",
@@ -252,12 +252,13 @@ impl Problem {
         problem.add_details(&details);
         if matches!(
             reason_name.as_str(),
-            "RATE_LIMITED" | "QUOTA_EXCEEDED" | "REQUEST_IN_PROGRESS" | "STORE_UNAVAILABLE"
+            "RATE_LIMITED" | "REQUEST_IN_PROGRESS" | "STORE_UNAVAILABLE"
         ) {
+            // Whole seconds, rounded up: a client that waits this long passes.
             let delay = details
                 .retry_info()
                 .and_then(|r| r.retry_delay)
-                .map_or(1, |d| d.as_secs().max(1));
+                .map_or(1, |d| (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1));
             problem.retry_after = Some(delay);
         }
         problem
@@ -302,6 +303,16 @@ impl Problem {
                 self.body.insert(member.into(), json!(value));
             }
         }
+        if let (Some(collection), Some(limit), Some(usage)) = (get("collection"), get("limit"), get("usage"))
+        {
+            let number = |v: &str| v.parse::<u64>().map_or_else(|_| json!(v), |n| json!(n));
+            self.body.insert(
+                "quota".into(),
+                json!({"collection": collection, "limit": number(&limit), "usage": number(&usage)}),
+            );
+        } else if let Some(limit) = get("limit") {
+            self.body.insert("limit".into(), json!(limit));
+        }
         if let Some(allowed) = get("allowed_from") {
             let states: Vec<&str> = allowed.split(',').filter(|s| !s.is_empty()).collect();
             self.body.insert("allowed_from".into(), json!(states));
@@ -343,6 +354,11 @@ impl Problem {
         if let Some(failure) = details.precondition_failure() {
             for v in &failure.violations {
                 violations.push(json!({"type": v.r#type, "field": v.subject, "description": v.description}));
+            }
+        }
+        if let Some(quota) = details.quota_failure() {
+            for v in &quota.violations {
+                violations.push(json!({"field": v.subject, "description": v.description}));
             }
         }
         if !violations.is_empty() {

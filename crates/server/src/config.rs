@@ -87,6 +87,12 @@ pub struct Config {
     /// How long the change log keeps changes (watch resume, history).
     #[serde(with = "duration")]
     pub history_retention: std::time::Duration,
+    /// Per-tenant quotas (`[[quotas]]`).
+    pub quotas: Vec<arbiter_core::QuotaRule>,
+    /// Token-bucket rate limits (`[[rate_limits]]`).
+    pub rate_limits: Vec<crate::limits::RateLimitRule>,
+    /// Request limits (`[limits]`).
+    pub limits: crate::limits::RequestLimits,
 }
 
 impl Default for Config {
@@ -110,6 +116,9 @@ impl Default for Config {
             etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
             etcd_prefix: "/arbiter".into(),
             history_retention: std::time::Duration::from_secs(168 * 60 * 60),
+            quotas: Vec::new(),
+            rate_limits: Vec::new(),
+            limits: crate::limits::RequestLimits::default(),
         }
     }
 }
@@ -185,6 +194,9 @@ pub struct ServeArgs {
     /// How long changes are kept for watch and history [default: 168h].
     #[arg(long, env = "ARBITER_HISTORY_RETENTION", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub history_retention: Option<std::time::Duration>,
+    /// Requests of one tenant served at once; 0: no limit [default: 256].
+    #[arg(long, env = "ARBITER_MAX_INFLIGHT_PER_TENANT", value_name = "N")]
+    pub max_inflight_per_tenant: Option<u32>,
 }
 
 impl Config {
@@ -231,6 +243,7 @@ impl Config {
             etcd_endpoints,
             etcd_prefix,
             history_retention,
+            max_inflight_per_tenant,
         } = args.clone();
         if let Some(v) = data_dir {
             self.data_dir = v;
@@ -286,6 +299,20 @@ impl Config {
         if let Some(v) = history_retention {
             self.history_retention = v;
         }
+        if let Some(v) = max_inflight_per_tenant {
+            self.limits.max_inflight_per_tenant = v;
+        }
+    }
+
+    /// The quotas, checked.
+    pub fn quotas(&self) -> anyhow::Result<arbiter_core::Quotas> {
+        arbiter_core::Quotas::new(self.quotas.clone()).map_err(|e| anyhow::anyhow!("invalid config: {e}"))
+    }
+
+    /// The request limiter, checked.
+    pub fn limiter(&self) -> anyhow::Result<crate::limits::Limiter> {
+        crate::limits::Limiter::new(&self.rate_limits, self.limits)
+            .map_err(|e| anyhow::anyhow!("invalid config: {e}"))
     }
 
     /// The engine's policy limits.
@@ -382,6 +409,23 @@ mod tests {
         assert_eq!(c.etcd_endpoints.len(), 2);
         assert_eq!(c.history_retention.as_secs(), 9000);
         assert!(Config::from_toml("history_retention = \"soon\"").is_err());
+    }
+
+    #[test]
+    fn quotas_and_rate_limits_parse() {
+        let c = Config::from_toml(
+            "[[quotas]]\ntenant = \"*\"\ncollection = \"vms\"\nmax = 1000\n\n\
+             [[rate_limits]]\ntenant = \"*\"\nprincipal = \"*\"\nrequests_per_second = 200\nburst = 400\n\n\
+             [limits]\nmax_inflight_per_tenant = 16\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(c.quotas().map(|q| q.limit("acme", "vms")).ok(), Some(Some(1000)));
+        assert_eq!(c.rate_limits[0].burst, Some(400));
+        assert_eq!(c.limits.max_inflight_per_tenant, 16);
+        assert!(c.limiter().is_ok());
+        let bad = Config::from_toml("[[quotas]]\ntenant = \"*\"\ncollection = \"vm\"\nmax = 1\n")
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(format!("{:#}", bad.quotas().unwrap_err()).contains("quotas[0].collection"));
     }
 
     #[test]

@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod limits;
 pub mod metrics;
 pub mod middleware;
 pub mod ops;

@@ -21,6 +21,7 @@ use tower::Layer;
 
 use crate::auth::{self, Tokens};
 use crate::config::{Config, StoreKind};
+use crate::limits::Limiter;
 use crate::middleware::RequestLayer;
 use crate::readiness::{self, Readiness};
 use crate::services::Api;
@@ -82,6 +83,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let (tokens, admin_token) = load_tokens(&config)?;
+    let quotas = config.quotas()?;
+    let limiter = Arc::new(config.limiter()?);
     crate::metrics::install();
     let store = open_store(&config).await?;
     let host = arbiter_policy::Host::new(&config.policy_host())?;
@@ -89,6 +92,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         policy: config.policy(),
         require_etag: config.require_preconditions.iter().cloned().collect(),
         list_scan_limit: config.list_scan_limit.max(1),
+        quotas,
         ..EngineConfig::default()
     };
     let engine = Arc::new(Engine::with_runtime(
@@ -96,12 +100,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         engine_config,
         Arc::new(host),
     ));
+    let unused = engine
+        .forget_unused_quotas()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the quota counts: {e}"))?;
+    if unused > 0 {
+        tracing::info!(unused, "removed the counts of quotas no longer configured");
+    }
     let retention = config.history_retention;
     let max_upload = usize::try_from(config.policy_max_module_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(1 << 20);
     let settings = Settings {
         max_upload,
+        limiter,
         http: arbiter_http::Options {
             limits: arbiter_http::Limits {
                 // Modules travel base64-encoded in JSON: 4/3 of their size.
@@ -203,6 +215,8 @@ fn admit(tokens: Arc<Tokens>) -> arbiter_http::Admit {
 struct Settings {
     /// Largest gRPC message of the Policies service.
     max_upload: usize,
+    /// Per-tenant request limits.
+    limiter: Arc<Limiter>,
     /// HTTP API settings.
     http: arbiter_http::Options,
 }
@@ -215,9 +229,10 @@ struct Settings {
 pub fn routes(
     routes: tonic::service::Routes,
     engine: &Arc<Engine<AnyStore>>,
+    limiter: &Arc<Limiter>,
     max_upload: usize,
 ) -> anyhow::Result<tonic::service::Routes> {
-    let api = Api::new(Arc::clone(engine));
+    let api = Api::new(Arc::clone(engine), Arc::clone(limiter));
     Ok(routes
         .add_service(reflection_builder().build_v1()?)
         .add_service(reflection_builder().build_v1alpha()?)
@@ -245,7 +260,13 @@ async fn serve(
         reporter.clone(),
         Arc::clone(&ready),
     ));
-    let routes = routes(tonic::service::Routes::new(health), &engine, settings.max_upload)?;
+    let routes = routes(
+        tonic::service::Routes::new(health),
+        &engine,
+        &settings.limiter,
+        settings.max_upload,
+    )?;
+    let sweep = tokio::spawn(Arc::clone(&settings.limiter).sweep());
     let tokens = Arc::new(tokens);
     let layer = RequestLayer::new(Arc::clone(&tokens));
     let in_process = tower::util::BoxCloneSyncService::new(layer.clone().layer(routes.clone()));
@@ -278,6 +299,7 @@ async fn serve(
         .await;
     compact.abort();
     policies.abort();
+    sweep.abort();
     let _ = http_stop.send(());
     let _ = http_task.await;
     drop(engine);

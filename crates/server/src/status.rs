@@ -262,6 +262,34 @@ pub fn to_status(error: &Error) -> Status {
             );
             Code::Aborted
         }
+        Error::QuotaExceeded {
+            tenant,
+            collection,
+            limit,
+            usage,
+        } => {
+            details.set_error_info(
+                "QUOTA_EXCEEDED",
+                DOMAIN,
+                meta([
+                    ("collection", collection.to_string()),
+                    ("limit", limit.to_string()),
+                    ("usage", usage.to_string()),
+                ]),
+            );
+            details.add_quota_failure_violation(
+                format!("tenants/{tenant}/{collection}"),
+                format!("{usage} of {limit} {collection} in use"),
+            );
+            Code::ResourceExhausted
+        }
+        Error::RateLimited {
+            limit, retry_after, ..
+        } => {
+            details.set_error_info("RATE_LIMITED", DOMAIN, meta([("limit", limit.clone())]));
+            details.set_retry_info(Some(*retry_after));
+            Code::ResourceExhausted
+        }
         Error::StoreUnavailable(_) => {
             details.set_error_info("STORE_UNAVAILABLE", DOMAIN, HashMap::new());
             details.set_retry_info(Some(std::time::Duration::from_secs(1)));

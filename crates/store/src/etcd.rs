@@ -76,6 +76,10 @@ pub struct EtcdStore {
     current: Arc<std::sync::atomic::AtomicUsize>,
     keys: Arc<Keys>,
     leases: Arc<Mutex<commit::Leases>>,
+    /// Commits that move a counter take its stripe first: one replica's
+    /// commits on one counter queue here instead of failing each other's
+    /// compares in etcd.
+    counter_stripes: Arc<[tokio::sync::Mutex<()>]>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -235,6 +239,9 @@ impl EtcdStore {
             current: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             keys: Arc::new(Keys::new(&options.prefix)),
             leases: Arc::new(Mutex::new(commit::Leases::default())),
+            counter_stripes: (0..commit::COUNTER_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         })
     }
 

@@ -11,7 +11,7 @@ use arbiter_store::Store;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::{Api, parts};
+use super::Api;
 use crate::status::to_status;
 
 /// The stream of a watch as tonic serves it.
@@ -26,7 +26,7 @@ impl<S: Store> Changes for Api<S> {
         request: Request<WatchChangesRequest>,
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
         let parent = request.get_ref().parent.clone();
-        let (caller, req) = parts(request, &parent)?;
+        let (caller, req, _permit) = self.parts(request, &parent)?;
         let watch = WatchRequest {
             parent: req.parent,
             collections: req.collections,
@@ -49,7 +49,7 @@ impl<S: Store> Changes for Api<S> {
         request: Request<ListRevisionsRequest>,
     ) -> Result<Response<ListRevisionsResponse>, Status> {
         let name = request.get_ref().name.clone();
-        let (caller, req) = parts(request, &name)?;
+        let (caller, req, _permit) = self.parts(request, &name)?;
         let page = self
             .engine
             .list_revisions(&caller, &req.name, req.page_size, &req.page_token)

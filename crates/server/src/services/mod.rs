@@ -19,18 +19,40 @@ use prost::Message;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
 
+use crate::limits::{Limiter, Permit};
 use crate::status::to_status;
 
 /// The API handlers over an engine.
 #[derive(Debug)]
 pub struct Api<S> {
     engine: Arc<Engine<S>>,
+    limiter: Arc<Limiter>,
 }
 
 impl<S> Api<S> {
-    /// Handlers over `engine`.
-    pub fn new(engine: Arc<Engine<S>>) -> Self {
-        Self { engine }
+    /// Handlers over `engine`, each request within `limiter`'s limits.
+    pub fn new(engine: Arc<Engine<S>>, limiter: Arc<Limiter>) -> Self {
+        Self { engine, limiter }
+    }
+
+    /// Splits a request into the authenticated caller and the message,
+    /// notes the tenant on the request span, and lets the request in
+    /// within its tenant's limits (the permit is its place in flight).
+    fn parts<T>(&self, request: Request<T>, resource: &str) -> Result<(Caller, T, Permit), Status> {
+        let caller = request
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| to_status(&Error::Unauthenticated("missing credentials".into())))?;
+        let tenant = resource
+            .strip_prefix("tenants/")
+            .and_then(|r| r.split('/').next())
+            .unwrap_or_default();
+        if !tenant.is_empty() {
+            tracing::Span::current().record("tenant", tenant);
+        }
+        let permit = self.limiter.admit(&caller, tenant).map_err(|e| to_status(&e))?;
+        Ok((caller, request.into_inner(), permit))
     }
 }
 
@@ -38,25 +60,9 @@ impl<S> Clone for Api<S> {
     fn clone(&self) -> Self {
         Self {
             engine: Arc::clone(&self.engine),
+            limiter: Arc::clone(&self.limiter),
         }
     }
-}
-
-/// Splits a request into the authenticated caller and the message, and
-/// notes the tenant on the request span.
-fn parts<T>(request: Request<T>, resource: &str) -> Result<(Caller, T), Status> {
-    let caller = request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| to_status(&Error::Unauthenticated("missing credentials".into())))?;
-    if let Some(tenant) = resource
-        .strip_prefix("tenants/")
-        .and_then(|r| r.split('/').next())
-    {
-        tracing::Span::current().record("tenant", tenant);
-    }
-    Ok((caller, request.into_inner()))
 }
 
 /// The response, or the error's status; conflicts are counted by kind and
@@ -99,7 +105,7 @@ macro_rules! resource_service {
         impl<S: Store> $service for Api<S> {
             async fn $create(&self, request: Request<$create_req>) -> Result<Response<$ty>, Status> {
                 let parent = request.get_ref().parent.clone();
-                let (caller, req) = parts(request, &parent)?;
+                let (caller, req, _permit) = self.parts(request, &parent)?;
                 let request_id = RequestId::new(req.request_id.clone(), stringify!($create), &req.encode_to_vec());
                 let create = CreateRequest {
                     parent: req.parent,
@@ -113,13 +119,13 @@ macro_rules! resource_service {
 
             async fn $get(&self, request: Request<$get_req>) -> Result<Response<$ty>, Status> {
                 let name = request.get_ref().name.clone();
-                let (caller, _) = parts(request, &name)?;
+                let (caller, _, _permit) = self.parts(request, &name)?;
                 reply(<$ty as Resource>::KIND, self.engine.get(&caller, &name).await)
             }
 
             async fn $list(&self, request: Request<$list_req>) -> Result<Response<$list_resp>, Status> {
                 let parent = request.get_ref().parent.clone();
-                let (caller, req) = parts(request, &parent)?;
+                let (caller, req, _permit) = self.parts(request, &parent)?;
                 let list = ListRequest {
                     parent: req.parent,
                     page_size: req.page_size,
@@ -132,7 +138,7 @@ macro_rules! resource_service {
 
             async fn $update(&self, request: Request<$update_req>) -> Result<Response<$ty>, Status> {
                 let name = request.get_ref().$field.as_ref().map(|r| r.name.clone()).unwrap_or_default();
-                let (caller, req) = parts(request, &name)?;
+                let (caller, req, _permit) = self.parts(request, &name)?;
                 let request_id = RequestId::new(req.request_id.clone(), stringify!($update), &req.encode_to_vec());
                 let update = UpdateRequest {
                     resource: req.$field.unwrap_or_default(),
@@ -145,7 +151,7 @@ macro_rules! resource_service {
 
             async fn $delete(&self, request: Request<$delete_req>) -> Result<Response<()>, Status> {
                 let name = request.get_ref().name.clone();
-                let (caller, req) = parts(request, &name)?;
+                let (caller, req, _permit) = self.parts(request, &name)?;
                 let request_id = RequestId::new(req.request_id.clone(), stringify!($delete), &req.encode_to_vec());
                 let delete = DeleteRequest {
                     name: req.name,
@@ -159,7 +165,7 @@ macro_rules! resource_service {
             $(
             async fn $verb_fn(&self, request: Request<$verb_req>) -> Result<Response<$ty>, Status> {
                 let name = request.get_ref().name.clone();
-                let (caller, req) = parts(request, &name)?;
+                let (caller, req, _permit) = self.parts(request, &name)?;
                 let request_id = RequestId::new(req.request_id.clone(), stringify!($verb_fn), &req.encode_to_vec());
                 let transition = TransitionRequest { name: req.name, etag: req.etag, request_id, verb: $verb };
                 reply(<$ty as Resource>::KIND, self.engine.transition(&caller, transition).await)

@@ -12,8 +12,11 @@ use prost::Message;
 use super::{EtcdStore, etcd_error, etcd_revision, not_sent, revision_of};
 use crate::{ChangeEvent, Commit, CommitError, Committed, Expect, IdempotencyRecord, StoreError, Versioned};
 
-/// How often a commit whose counters moved underneath is rebuilt.
-const MAX_ATTEMPTS: usize = 16;
+/// How often a commit whose counters moved underneath is rebuilt (by
+/// another replica: this one's commits on a counter take turns).
+const MAX_ATTEMPTS: usize = 64;
+/// Locks that a replica's commits on one counter take turns on.
+pub(crate) const COUNTER_STRIPES: usize = 64;
 /// Idempotency records share leases that end on the hour after they expire.
 const LEASE_BUCKET_MS: i64 = 60 * 60 * 1000;
 
@@ -242,6 +245,22 @@ impl EtcdStore {
 /// Applies `c` in one etcd transaction.
 pub(crate) async fn run(store: &EtcdStore, c: Commit) -> Result<Committed, CommitError> {
     c.check_shape()?;
+    let mut stripes: Vec<usize> = c
+        .counters
+        .iter()
+        .map(|counter| {
+            let mut hasher = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&counter.key, &mut hasher);
+            usize::try_from(std::hash::Hasher::finish(&hasher) % COUNTER_STRIPES as u64).unwrap_or_default()
+        })
+        .collect();
+    // In one order, so that two commits never wait for each other.
+    stripes.sort_unstable();
+    stripes.dedup();
+    let mut turns = Vec::with_capacity(stripes.len());
+    for stripe in stripes {
+        turns.push(store.counter_stripes[stripe].lock().await);
+    }
     for _ in 0..MAX_ATTEMPTS {
         let counters = store.read_counters(&c).await?;
         for (counter, (value, _)) in c.counters.iter().zip(&counters) {
