@@ -189,6 +189,9 @@ pub enum FaultKind {
     Trap,
     /// Its module could not be loaded or instantiated.
     Unavailable,
+    /// No evaluation slot was free in time: the server is busy (often
+    /// with the same tenant's requests), not the policy at fault.
+    Busy,
 }
 
 impl FaultKind {
@@ -199,6 +202,7 @@ impl FaultKind {
             FaultKind::Memory => "memory",
             FaultKind::Trap => "trap",
             FaultKind::Unavailable => "unavailable",
+            FaultKind::Busy => "busy",
         }
     }
 }
@@ -328,6 +332,9 @@ impl PolicyConfig {
     }
 }
 
+/// How long a caller refused for want of an evaluation slot waits.
+const BUSY_RETRY: Duration = Duration::from_secs(1);
+
 /// Smallest memory limit a policy may set.
 const MIN_MEMORY: u64 = 1 << 20;
 
@@ -350,6 +357,9 @@ pub enum Outcome {
     Fault,
     /// It faulted and the request went on (fail-open, or AUDIT).
     FaultIgnored,
+    /// It could not run for want of a slot; the request was refused with
+    /// `RATE_LIMITED`, whatever the policy's failure policy.
+    Busy,
 }
 
 impl Outcome {
@@ -361,6 +371,7 @@ impl Outcome {
             Outcome::AuditDeny => "audit_deny",
             Outcome::Fault => "fault",
             Outcome::FaultIgnored => "fault_ignored",
+            Outcome::Busy => "busy",
         }
     }
 }
@@ -678,6 +689,21 @@ impl Policies {
                     denial,
                 });
                 Outcome::Deny
+            }
+            Err(fault) if fault.kind == FaultKind::Busy => {
+                // Never skipped, even FAIL_OPEN or AUDIT: a policy that
+                // did not run must not let a change through unjudged
+                // because the server was busy.
+                tracing::warn!(
+                    policy = %policy.name, revision = policy.revision, resource,
+                    "policy could not run: {}", fault.detail
+                );
+                refusal.get_or_insert_with(|| Error::RateLimited {
+                    what: format!("policy {} could not run: {}", policy.name, fault.detail),
+                    limit: "policy evaluation slots".into(),
+                    retry_after: BUSY_RETRY,
+                });
+                Outcome::Busy
             }
             Err(fault) => {
                 if audit || fails_open(policy) {

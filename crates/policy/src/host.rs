@@ -33,6 +33,13 @@ pub struct HostConfig {
     pub max_memory_bytes: u64,
     /// Evaluations running at once; more wait for a slot.
     pub max_concurrent: u32,
+    /// Evaluations of one tenant running at once: a tenant whose policies
+    /// are slow, or who floods, waits for its own slots and leaves the
+    /// others' free.
+    pub tenant_concurrent: u32,
+    /// How long an evaluation waits for a slot before the request is
+    /// refused with `RATE_LIMITED`.
+    pub slot_wait: Duration,
     /// Wasm stack of one evaluation.
     pub wasm_stack_bytes: usize,
 }
@@ -43,8 +50,96 @@ impl Default for HostConfig {
             cache_dir: None,
             max_memory_bytes: 256 << 20,
             max_concurrent: 64,
+            tenant_concurrent: default_tenant_concurrency(),
+            slot_wait: Duration::from_secs(1),
             wasm_stack_bytes: 512 << 10,
         }
+    }
+}
+
+/// Half the cores, at least one: one tenant's evaluations never take every
+/// core.
+pub fn default_tenant_concurrency() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    u32::try_from(cores / 2).unwrap_or(u32::MAX).max(1)
+}
+
+/// Most tenants whose slot counts are kept while idle.
+const IDLE_TENANTS: usize = 1024;
+
+/// Evaluation slots: each tenant's own, then the shared ones. A tenant
+/// waits in its own queue first, so that in the shared queue no tenant has
+/// more than its share of waiters ahead of another's.
+struct Slots {
+    shared: Arc<Semaphore>,
+    total: usize,
+    per_tenant: usize,
+    tenants: Mutex<HashMap<String, Arc<Semaphore>>>,
+    wait: Duration,
+}
+
+/// A slot held for one evaluation.
+struct Slot {
+    _tenant: tokio::sync::OwnedSemaphorePermit,
+    _shared: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Slots {
+    fn new(config: &HostConfig) -> Self {
+        let shared = usize::try_from(config.max_concurrent.max(1)).unwrap_or(1);
+        let per_tenant = usize::try_from(config.tenant_concurrent.max(1))
+            .unwrap_or(1)
+            .min(shared);
+        Self {
+            shared: Arc::new(Semaphore::new(shared)),
+            total: shared,
+            per_tenant,
+            tenants: Mutex::new(HashMap::new()),
+            wait: config.slot_wait,
+        }
+    }
+
+    fn of_tenant(&self, tenant: &str) -> Arc<Semaphore> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = tenants.get(tenant) {
+            return Arc::clone(s);
+        }
+        if tenants.len() >= IDLE_TENANTS {
+            // Forget the tenants that nothing holds or waits for.
+            tenants.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        let s = Arc::new(Semaphore::new(self.per_tenant));
+        tenants.insert(tenant.to_string(), Arc::clone(&s));
+        s
+    }
+
+    /// A slot for `tenant`, or a `Busy` fault once the wait is over.
+    async fn acquire(&self, tenant: &str) -> Result<Slot, Fault> {
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let busy = || {
+            Fault::new(
+                FaultKind::Busy,
+                format!(
+                    "no evaluation slot was free within {}ms ({} per tenant, {} in all)",
+                    self.wait.as_millis(),
+                    self.per_tenant,
+                    self.total
+                ),
+            )
+        };
+        let closed = |_| Fault::new(FaultKind::Unavailable, "the policy host is shutting down");
+        let own = tokio::time::timeout_at(deadline, self.of_tenant(tenant).acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            .map_err(closed)?;
+        let shared = tokio::time::timeout_at(deadline, Arc::clone(&self.shared).acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            .map_err(closed)?;
+        Ok(Slot {
+            _tenant: own,
+            _shared: shared,
+        })
     }
 }
 
@@ -71,7 +166,7 @@ struct Inner {
     engine: Engine,
     linker: Linker<GuestState>,
     modules: Mutex<HashMap<String, PolicyPre<GuestState>>>,
-    slots: Arc<Semaphore>,
+    slots: Slots,
     logs: LogLimiter,
     stop_ticking: Arc<AtomicBool>,
 }
@@ -87,10 +182,17 @@ fn pool(config: &HostConfig) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::new();
     // A component holds several core instances (its module, WASI adapter,
     // shims), each with its memory or tables.
+    // Each component may take only its share of the pool, so that no
+    // component (one with a hundred memories, say) can drain it and make
+    // other tenants' policies fail to start; a component over its share
+    // is refused at upload.
     pool.total_component_instances(n)
-        .total_core_instances(n.saturating_mul(16))
-        .total_memories(n.saturating_mul(2))
-        .total_tables(n.saturating_mul(16))
+        .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(n.saturating_mul(MEMORIES_PER_COMPONENT))
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .total_tables(n.saturating_mul(TABLES_PER_COMPONENT))
+        .max_tables_per_component(TABLES_PER_COMPONENT)
         .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX))
         .max_tables_per_module(8)
         .max_core_instance_size(8 << 20)
@@ -104,6 +206,13 @@ fn pool(config: &HostConfig) -> PoolingAllocationConfig {
         .pagemap_scan(Enabled::Auto);
     pool
 }
+
+/// A component's share of the pool: core instances (its module, WASI
+/// adapter, shims; more for interpreters linked from several modules),
+/// linear memories and tables.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+const MEMORIES_PER_COMPONENT: u32 = 2;
+const TABLES_PER_COMPONENT: u32 = 32;
 
 /// Bytes of each linear memory kept resident between evaluations.
 const KEEP_RESIDENT: usize = 2 << 20;
@@ -170,13 +279,12 @@ impl Host {
             .map_err(|e| HostError(e.to_string()))?;
         let stop_ticking = Arc::new(AtomicBool::new(false));
         start_ticker(engine.clone(), Arc::clone(&stop_ticking))?;
-        let slots = usize::try_from(config.max_concurrent.max(1)).unwrap_or(1);
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
                 linker,
                 modules: Mutex::new(HashMap::new()),
-                slots: Arc::new(Semaphore::new(slots)),
+                slots: Slots::new(config),
                 logs: LogLimiter::default(),
                 stop_ticking,
             }),
@@ -350,10 +458,7 @@ impl PolicyRuntime for Host {
     ) -> BoxFuture<'_, Result<Verdict, Fault>> {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
-            let slot = Arc::clone(&inner.slots)
-                .acquire_owned()
-                .await
-                .map_err(|_| Fault::new(FaultKind::Unavailable, "the policy host is shutting down"))?;
+            let slot = inner.slots.acquire(&input.tenant).await?;
             let run = move || {
                 let _slot = slot;
                 inner.evaluate(&digest, &policy, limits, &input)

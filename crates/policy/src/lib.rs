@@ -33,7 +33,7 @@ mod host;
 pub mod limits;
 mod logs;
 
-pub use host::{Host, HostConfig};
+pub use host::{Host, HostConfig, default_tenant_concurrency};
 
 /// The generated host bindings of the `arbiter:policy/policy` world.
 #[allow(unsafe_code, missing_docs, clippy::all)]

@@ -67,6 +67,12 @@ pub struct Config {
     pub policy_max_module_bytes: u64,
     /// Policy evaluations running at once.
     pub policy_concurrency: u32,
+    /// Policy evaluations of one tenant running at once; default: half
+    /// the cores, at least one.
+    pub policy_tenant_concurrency: Option<u32>,
+    /// How long an evaluation waits for a slot before the request is
+    /// refused with RATE_LIMITED, in milliseconds.
+    pub policy_slot_wait_ms: u64,
     /// Most stored resources one list request reads: past it, the page
     /// ends early with a page token, however few items matched the filter.
     pub list_scan_limit: usize,
@@ -108,6 +114,8 @@ impl Default for Config {
             policy_max_memory_bytes: 256 << 20,
             policy_max_module_bytes: 64 << 20,
             policy_concurrency: 64,
+            policy_tenant_concurrency: None,
+            policy_slot_wait_ms: 1_000,
             list_scan_limit: 10_000,
             policy_cache_dir: None,
             require_preconditions: Vec::new(),
@@ -160,6 +168,12 @@ pub struct ServeArgs {
     /// Policy evaluations at once [default: 64].
     #[arg(long, env = "ARBITER_POLICY_CONCURRENCY", value_name = "N")]
     pub policy_concurrency: Option<u32>,
+    /// Policy evaluations of one tenant at once [default: half the cores].
+    #[arg(long, env = "ARBITER_POLICY_TENANT_CONCURRENCY", value_name = "N")]
+    pub policy_tenant_concurrency: Option<u32>,
+    /// Wait for a policy evaluation slot in ms [default: 1000].
+    #[arg(long, env = "ARBITER_POLICY_SLOT_WAIT_MS", value_name = "MS")]
+    pub policy_slot_wait_ms: Option<u64>,
     /// Most resources one list request reads [default: 10000].
     #[arg(long, env = "ARBITER_LIST_SCAN_LIMIT", value_name = "N")]
     pub list_scan_limit: Option<usize>,
@@ -235,6 +249,8 @@ impl Config {
             policy_max_memory_bytes,
             policy_max_module_bytes,
             policy_concurrency,
+            policy_tenant_concurrency,
+            policy_slot_wait_ms,
             list_scan_limit,
             policy_cache_dir,
             require_preconditions,
@@ -274,6 +290,12 @@ impl Config {
         }
         if let Some(v) = policy_concurrency {
             self.policy_concurrency = v;
+        }
+        if policy_tenant_concurrency.is_some() {
+            self.policy_tenant_concurrency = policy_tenant_concurrency;
+        }
+        if let Some(v) = policy_slot_wait_ms {
+            self.policy_slot_wait_ms = v;
         }
         if let Some(v) = list_scan_limit {
             self.list_scan_limit = v.max(1);
@@ -338,6 +360,10 @@ impl Config {
             ),
             max_memory_bytes: self.policy_max_memory_bytes,
             max_concurrent: self.policy_concurrency,
+            tenant_concurrent: self
+                .policy_tenant_concurrency
+                .unwrap_or_else(arbiter_policy::default_tenant_concurrency),
+            slot_wait: std::time::Duration::from_millis(self.policy_slot_wait_ms),
             ..arbiter_policy::HostConfig::default()
         }
     }

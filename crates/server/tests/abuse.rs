@@ -445,3 +445,56 @@ async fn a_list_reads_a_bounded_number_of_resources() {
     assert_eq!(page.vms.len(), 20);
     server.stop().await;
 }
+
+/// A component of `instances` core instances of a module with one linear
+/// memory each, assembled by hand (component binary format).
+fn many_memories(instances: u8) -> Vec<u8> {
+    let module: &[u8] = b"\0asm\x01\0\0\0\x05\x03\x01\x00\x01";
+    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+    component.push(1); // core module section
+    component.push(u8::try_from(module.len()).unwrap());
+    component.extend_from_slice(module);
+    // Core instance section: `instances` × instantiate module 0, no args.
+    let mut body = vec![instances];
+    for _ in 0..instances {
+        body.extend_from_slice(&[0, 0, 0]);
+    }
+    component.push(2);
+    let mut size = body.len();
+    loop {
+        let byte = u8::try_from(size & 0x7f).unwrap();
+        size >>= 7;
+        component.push(if size == 0 { byte } else { byte | 0x80 });
+        if size == 0 {
+            break;
+        }
+    }
+    component.extend_from_slice(&body);
+    component
+}
+
+#[tokio::test]
+async fn a_component_with_many_memories_is_refused_at_upload() {
+    let server = TestServer::start().await;
+    let status = server
+        .policies("root")
+        .create_policy(arbiter_api::v1::CreatePolicyRequest {
+            parent: "tenants/acme".into(),
+            policy_id: "hoarder".into(),
+            policy: Some(arbiter_api::v1::Policy {
+                kinds: vec!["vm".into()],
+                module: many_memories(20),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), "INVALID_FIELD", "{status:?}");
+    assert!(
+        status.message().contains("20 Wasm linear memories"),
+        "the pool's share of one component is enforced: {}",
+        status.message()
+    );
+    server.stop().await;
+}
