@@ -40,7 +40,7 @@ pub use engine::{
 pub use error::{Current, Error, FieldViolation};
 pub use kind::{Kind, Resource};
 pub use policy::{
-    Denial, DenialKind, Fault, FaultKind, Input, Limits, Object, Operation, Outcome, PolicyConfig,
+    Denial, DenialKind, Fault, FaultKind, Input, Limits, LoadError, Object, Operation, Outcome, PolicyConfig,
     PolicyRuntime, PolicyStats, Verdict,
 };
 pub use quota::{QuotaRule, Quotas};

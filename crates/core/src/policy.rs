@@ -235,12 +235,42 @@ pub struct Limits {
     pub memory_bytes: u64,
 }
 
+/// Why a module could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadError {
+    /// The bytes are not a policy component: why, for the uploader.
+    Invalid(String),
+    /// The server could not compile it now (too many compiles at once, or
+    /// one took too long); a retry later may pass.
+    Busy(String),
+}
+
+impl From<String> for LoadError {
+    fn from(why: String) -> Self {
+        Self::Invalid(why)
+    }
+}
+
+impl From<&str> for LoadError {
+    fn from(why: &str) -> Self {
+        Self::Invalid(why.to_string())
+    }
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Invalid(why) | Self::Busy(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Runs policy modules. Implemented by the wasmtime host; the engine owns
 /// everything else (storage, binding, modes, failure policies).
 pub trait PolicyRuntime: Send + Sync + 'static {
     /// Compiles `module` and keeps it ready under `digest` (its hex SHA-256),
     /// or says why it is not a policy component.
-    fn load(&self, digest: String, module: Arc<[u8]>) -> BoxFuture<'_, Result<(), String>>;
+    fn load(&self, digest: String, module: Arc<[u8]>) -> BoxFuture<'_, Result<(), LoadError>>;
 
     /// Whether the module with this digest is ready.
     fn is_loaded(&self, digest: &str) -> bool;
@@ -603,7 +633,12 @@ impl Policies {
         runtime
             .load(digest.to_string(), module.into())
             .await
-            .map_err(|e| Fault::new(FaultKind::Unavailable, format!("the module does not load: {e}")))
+            .map_err(|e| match e {
+                LoadError::Busy(why) => Fault::new(FaultKind::Busy, why),
+                LoadError::Invalid(why) => {
+                    Fault::new(FaultKind::Unavailable, format!("the module does not load: {why}"))
+                }
+            })
     }
 
     /// Runs every bound policy on `input` and combines their verdicts.

@@ -125,6 +125,13 @@ impl<S: Store> Engine<S> {
             .runtime()?
             .load(digest, module)
             .await
-            .map_err(|why| Error::field("policy.module", why))
+            .map_err(|e| match e {
+                crate::policy::LoadError::Invalid(why) => Error::field("policy.module", why),
+                crate::policy::LoadError::Busy(why) => Error::RateLimited {
+                    what: why,
+                    limit: "module compiles at once".into(),
+                    retry_after: std::time::Duration::from_secs(5),
+                },
+            })
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arbiter_api::v1::{Policy, VirtualMachine, policy};
 use arbiter_core::policy::{
-    BoxFuture, Denial, DenialKind, Fault, FaultKind, Input, Limits, Outcome, Verdict,
+    BoxFuture, Denial, DenialKind, Fault, FaultKind, Input, Limits, LoadError, Outcome, Verdict,
 };
 use arbiter_core::{Caller, CreateRequest, Engine, EngineConfig, Error, PolicyRuntime, RequestId, Role};
 use arbiter_store::{RocksOptions, RocksStore};
@@ -21,7 +21,7 @@ struct Scripted {
 }
 
 impl PolicyRuntime for Scripted {
-    fn load(&self, digest: String, module: Arc<[u8]>) -> BoxFuture<'_, Result<(), String>> {
+    fn load(&self, digest: String, module: Arc<[u8]>) -> BoxFuture<'_, Result<(), LoadError>> {
         let script = String::from_utf8_lossy(&module).to_string();
         Box::pin(async move {
             if !["allow", "deny", "fault"].contains(&script.as_str()) {

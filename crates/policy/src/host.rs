@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arbiter_core::policy::{BoxFuture, Fault, FaultKind, Input, Limits, PolicyRuntime, Verdict};
+use arbiter_core::policy::{BoxFuture, Fault, FaultKind, Input, Limits, LoadError, PolicyRuntime, Verdict};
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -42,6 +42,16 @@ pub struct HostConfig {
     pub slot_wait: Duration,
     /// Wasm stack of one evaluation.
     pub wasm_stack_bytes: usize,
+    /// Modules compiled at once; more wait for their turn.
+    pub compile_concurrency: u32,
+    /// How long a module waits for its turn to compile.
+    pub compile_wait: Duration,
+    /// How long a compile may take before the request that asked for it
+    /// fails (the compile finishes in the background, holding its turn).
+    pub compile_timeout: Duration,
+    /// Modules kept compiled in memory; the least recently used beyond
+    /// are dropped (and compiled again from the disk cache when needed).
+    pub max_loaded: usize,
 }
 
 impl Default for HostConfig {
@@ -53,6 +63,10 @@ impl Default for HostConfig {
             tenant_concurrent: default_tenant_concurrency(),
             slot_wait: Duration::from_secs(1),
             wasm_stack_bytes: 512 << 10,
+            compile_concurrency: default_tenant_concurrency(),
+            compile_wait: Duration::from_secs(30),
+            compile_timeout: Duration::from_secs(120),
+            max_loaded: 512,
         }
     }
 }
@@ -157,7 +171,12 @@ pub struct Host {
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let loaded = self.inner.modules.lock().map(|m| m.len()).unwrap_or_default();
+        let loaded = self
+            .inner
+            .modules
+            .lock()
+            .map(|m| m.loaded.len())
+            .unwrap_or_default();
         f.debug_struct("Host").field("loaded", &loaded).finish()
     }
 }
@@ -165,7 +184,8 @@ impl std::fmt::Debug for Host {
 struct Inner {
     engine: Engine,
     linker: Linker<GuestState>,
-    modules: Mutex<HashMap<String, PolicyPre<GuestState>>>,
+    modules: Mutex<Modules>,
+    compiles: Compiles,
     slots: Slots,
     logs: LogLimiter,
     stop_ticking: Arc<AtomicBool>,
@@ -213,6 +233,51 @@ fn pool(config: &HostConfig) -> PoolingAllocationConfig {
 const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
 const MEMORIES_PER_COMPONENT: u32 = 2;
 const TABLES_PER_COMPONENT: u32 = 32;
+
+/// The compiled modules in memory, least recently used dropped first.
+struct Modules {
+    loaded: HashMap<String, (PolicyPre<GuestState>, u64)>,
+    clock: u64,
+    max: usize,
+}
+
+impl Modules {
+    fn get(&mut self, digest: &str) -> Option<PolicyPre<GuestState>> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.loaded.get_mut(digest).map(|(pre, used)| {
+            *used = clock;
+            pre.clone()
+        })
+    }
+
+    fn insert(&mut self, digest: String, pre: PolicyPre<GuestState>) {
+        while self.loaded.len() >= self.max.max(1) {
+            let Some(oldest) = self
+                .loaded
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(d, _)| d.clone())
+            else {
+                break;
+            };
+            self.loaded.remove(&oldest);
+        }
+        self.clock += 1;
+        self.loaded.insert(digest, (pre, self.clock));
+    }
+}
+
+/// Compiles: a bounded number at once, one per module.
+struct Compiles {
+    turns: Arc<Semaphore>,
+    /// One lock per module being compiled, so that concurrent first uses
+    /// of one module compile it once.
+    running: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    wait: Duration,
+    timeout: Duration,
+    done: std::sync::atomic::AtomicU64,
+}
 
 /// Bytes of each linear memory kept resident between evaluations.
 const KEEP_RESIDENT: usize = 2 << 20;
@@ -283,7 +348,20 @@ impl Host {
             inner: Arc::new(Inner {
                 engine,
                 linker,
-                modules: Mutex::new(HashMap::new()),
+                modules: Mutex::new(Modules {
+                    loaded: HashMap::new(),
+                    clock: 0,
+                    max: config.max_loaded,
+                }),
+                compiles: Compiles {
+                    turns: Arc::new(Semaphore::new(
+                        usize::try_from(config.compile_concurrency.max(1)).unwrap_or(1),
+                    )),
+                    running: Mutex::new(HashMap::new()),
+                    wait: config.compile_wait,
+                    timeout: config.compile_timeout,
+                    done: std::sync::atomic::AtomicU64::new(0),
+                },
                 slots: Slots::new(config),
                 logs: LogLimiter::default(),
                 stop_ticking,
@@ -305,6 +383,12 @@ impl Host {
             .unwrap_or_else(|p| p.into_inner())
             .insert(digest.to_string(), pre);
         Ok(())
+    }
+
+    /// How many modules this host has compiled (or read from the disk
+    /// cache) since it started.
+    pub fn compiles(&self) -> u64 {
+        self.inner.compiles.done.load(Ordering::Relaxed)
     }
 
     /// Instantiates a loaded module in a fresh store and drops it, without
@@ -332,6 +416,8 @@ impl Host {
 impl Inner {
     fn compile(&self, module: &[u8]) -> Result<PolicyPre<GuestState>, String> {
         check_header(module)?;
+        self.compiles.done.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("arbiter_policy_compiles_total").increment(1);
         let component = Component::new(&self.engine, module)
             .map_err(|e| format!("is not a valid component: {}", first_line(&format!("{e:#}"))))?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
@@ -353,7 +439,6 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(digest)
-            .cloned()
             .ok_or_else(|| Fault::new(FaultKind::Unavailable, format!("module {digest} is not loaded")))
     }
 
@@ -429,15 +514,58 @@ fn classify(error: &wasmtime::Error, state: &GuestState, limits: Limits, stderr:
 }
 
 impl PolicyRuntime for Host {
-    fn load(&self, digest: String, module: Arc<[u8]>) -> BoxFuture<'_, Result<(), String>> {
+    fn load(&self, digest: String, module: Arc<[u8]>) -> BoxFuture<'_, Result<(), LoadError>> {
         let host = self.clone();
         Box::pin(async move {
             if host.is_loaded(&digest) {
                 return Ok(());
             }
-            tokio::task::spawn_blocking(move || host.load_blocking(&digest, &module))
-                .await
-                .map_err(|e| format!("could not be compiled: {e}"))?
+            let compiles = &host.inner.compiles;
+            // One compile per module: later callers wait for the first.
+            let lock = {
+                let mut running = compiles.running.lock().unwrap_or_else(|p| p.into_inner());
+                Arc::clone(running.entry(digest.clone()).or_default())
+            };
+            let deadline = tokio::time::Instant::now() + compiles.wait;
+            let busy = |what: &str| {
+                LoadError::Busy(format!(
+                    "could not be compiled now: {what}; retry in a few seconds"
+                ))
+            };
+            let result = async {
+                let _same = tokio::time::timeout_at(deadline, lock.lock())
+                    .await
+                    .map_err(|_| busy("another compile of it is still running"))?;
+                if host.is_loaded(&digest) {
+                    return Ok(());
+                }
+                let turn = tokio::time::timeout_at(deadline, Arc::clone(&compiles.turns).acquire_owned())
+                    .await
+                    .map_err(|_| busy("the server is compiling other modules"))?
+                    .map_err(|_| busy("the policy host is shutting down"))?;
+                let worker = host.clone();
+                let digest = digest.clone();
+                let compile = tokio::task::spawn_blocking(move || {
+                    // The turn is held until the compile ends, even after
+                    // the caller stopped waiting for it.
+                    let _turn = turn;
+                    worker.load_blocking(&digest, &module)
+                });
+                match tokio::time::timeout(compiles.timeout, compile).await {
+                    Ok(Ok(result)) => result.map_err(LoadError::Invalid),
+                    Ok(Err(e)) => Err(LoadError::Invalid(format!("could not be compiled: {e}"))),
+                    Err(_) => Err(busy(&format!(
+                        "compiling took longer than {}s",
+                        compiles.timeout.as_secs()
+                    ))),
+                }
+            }
+            .await;
+            let mut running = compiles.running.lock().unwrap_or_else(|p| p.into_inner());
+            if Arc::strong_count(&lock) <= 2 {
+                running.remove(&digest);
+            }
+            result
         })
     }
 
@@ -446,6 +574,7 @@ impl PolicyRuntime for Host {
             .modules
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .loaded
             .contains_key(digest)
     }
 

@@ -188,3 +188,37 @@ fn walk(dir: &Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// Concurrent first uses of one module (as after a restart) compile it
+/// once; a host keeps at most `max_loaded` modules, dropping the least
+/// recently used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modules_compile_once_and_the_least_recently_used_are_dropped() {
+    use arbiter_core::PolicyRuntime;
+    let host = Host::new(&HostConfig {
+        max_loaded: 2,
+        ..HostConfig::default()
+    })
+    .unwrap();
+    let guard: std::sync::Arc<[u8]> = guests::read(guests::VM_GUARD).into();
+    let loads: Vec<_> = (0..8)
+        .map(|_| {
+            let (host, guard) = (host.clone(), std::sync::Arc::clone(&guard));
+            tokio::spawn(async move { host.load("guard".into(), guard).await })
+        })
+        .collect();
+    for load in loads {
+        load.await.unwrap().unwrap();
+    }
+    assert_eq!(host.compiles(), 1, "eight first uses, one compile");
+
+    for (digest, module) in [("review", guests::PROMPT_REVIEW), ("users", guests::USER_GUARD)] {
+        host.load(digest.into(), guests::read(module).into())
+            .await
+            .unwrap();
+    }
+    assert!(!host.is_loaded("guard"), "the least recently used is dropped");
+    assert!(host.is_loaded("review") && host.is_loaded("users"));
+    host.load("guard".into(), guard).await.unwrap();
+    assert_eq!(host.compiles(), 4);
+}

@@ -21,6 +21,19 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 struct TokenFile {
     #[serde(default)]
     tokens: Vec<TokenEntry>,
+    #[serde(default)]
+    identities: Vec<IdentityEntry>,
+}
+
+/// A client certificate that stands for a token (mTLS).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityEntry {
+    /// The certificate's subject CN or one of its DNS names.
+    common_name: String,
+    principal: String,
+    tenant: String,
+    role: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -33,10 +46,36 @@ struct TokenEntry {
     role: String,
 }
 
-/// The known tokens, by digest.
+/// The known tokens, by digest, and the client certificate identities.
 #[derive(Debug, Default, Clone)]
 pub struct Tokens {
     by_digest: HashMap<[u8; 32], Caller>,
+    /// Certificate name → the caller and a token that stands for it inside
+    /// this process (the HTTP layer forwards calls with it).
+    identities: HashMap<String, (Caller, String)>,
+}
+
+/// The caller of a tokens file entry; errors name the entry.
+fn caller_of(entry: &str, principal: String, tenant: String, role: &str) -> anyhow::Result<Caller> {
+    let role: Role = role.parse().map_err(|e| anyhow::anyhow!("{entry}: {e}"))?;
+    if tenant != "*" {
+        arbiter_core::validate::check_id(&tenant).map_err(|e| anyhow::anyhow!("{entry}: tenant: {e}"))?;
+    }
+    if principal.is_empty() {
+        bail!("{entry}: principal must not be empty");
+    }
+    Ok(Caller {
+        principal,
+        tenant,
+        role,
+    })
+}
+
+/// A random secret of 32 bytes, hex.
+fn secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -59,30 +98,31 @@ impl Tokens {
                     .with_context(|| format!("token {n}: token_sha256 must be 64 hex digits"))?,
                 _ => bail!("token {n}: give exactly one of token or token_sha256"),
             };
-            let role: Role = entry
-                .role
-                .parse()
-                .map_err(|e| anyhow::anyhow!("token {n}: {e}"))?;
-            if entry.tenant != "*" {
-                arbiter_core::validate::check_id(&entry.tenant)
-                    .map_err(|e| anyhow::anyhow!("token {n}: tenant: {e}"))?;
-            }
-            if entry.principal.is_empty() {
-                bail!("token {n}: principal must not be empty");
-            }
-            let caller = Caller {
-                principal: entry.principal,
-                tenant: entry.tenant,
-                role,
-            };
+            let caller = caller_of(&format!("token {n}"), entry.principal, entry.tenant, &entry.role)?;
             if tokens.by_digest.insert(key, caller).is_some() {
                 bail!("token {n}: the same token appears twice");
             }
         }
+        for (i, entry) in file.identities.into_iter().enumerate() {
+            let what = format!("identity {}", i + 1);
+            if entry.common_name.is_empty() {
+                bail!("{what}: common_name must not be empty");
+            }
+            let caller = caller_of(&what, entry.principal, entry.tenant, &entry.role)?;
+            let internal = secret();
+            tokens.by_digest.insert(digest(&internal), caller.clone());
+            if tokens
+                .identities
+                .insert(entry.common_name.clone(), (caller, internal))
+                .is_some()
+            {
+                bail!("{what}: common_name {} appears twice", entry.common_name);
+            }
+        }
         if tokens.by_digest.is_empty() {
             bail!(
-                "the tokens file has no [[tokens]] entry, so no caller could authenticate: add one \
-                 (token or token_sha256, principal, tenant, role)"
+                "the tokens file has no [[tokens]] or [[identities]] entry, so no caller could \
+                 authenticate: add one (token or token_sha256, principal, tenant, role)"
             );
         }
         Ok(tokens)
@@ -104,7 +144,24 @@ impl Tokens {
         };
         Self {
             by_digest: HashMap::from([(digest(token), caller)]),
+            identities: HashMap::new(),
         }
+    }
+
+    /// The caller a client certificate stands for: the first of its
+    /// `names` (subject CN, then DNS names) that an identity maps.
+    pub fn identify(&self, names: &[String]) -> Option<Caller> {
+        self.identity(names).map(|(caller, _)| caller.clone())
+    }
+
+    /// The in-process token of the identity a certificate stands for, with
+    /// which the HTTP layer calls the API on the certificate's behalf.
+    pub fn identity_token(&self, names: &[String]) -> Option<&str> {
+        self.identity(names).map(|(_, token)| token.as_str())
+    }
+
+    fn identity(&self, names: &[String]) -> Option<&(Caller, String)> {
+        names.iter().find_map(|n| self.identities.get(n))
     }
 
     /// Resolves an `authorization` header value.
@@ -179,7 +236,10 @@ role = "admin"
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();
-            assert!(err.contains("no [[tokens]] entry"), "{text:?}: {err}");
+            assert!(
+                err.contains("no [[tokens]] or [[identities]] entry"),
+                "{text:?}: {err}"
+            );
         }
         // The overlays' files ship without a token, so a deployment that
         // did not generate one refuses to start.
@@ -224,6 +284,26 @@ role = "admin"
         let bad = "[[tokens]]\ntoken = \"x\"\nprincipal = \"p\"\ntenant = \"acme\"\nrole = \"root\"\n";
         let err = Tokens::parse(bad).map(|_| ()).unwrap_err().to_string();
         assert!(err.contains("token 1"), "{err}");
+    }
+
+    #[test]
+    fn identities_map_certificate_names_and_an_inner_token() {
+        let file = "[[identities]]\ncommon_name = \"ci-bot\"\nprincipal = \"bot\"\ntenant = \"acme\"\nrole = \"viewer\"\n";
+        let tokens = Tokens::parse(file).unwrap_or_else(|e| panic!("{e:#}"));
+        let names = |n: &[&str]| n.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let bot = tokens.identify(&names(&["other", "ci-bot"]));
+        assert_eq!(bot.map(|c| c.principal), Some("bot".to_string()));
+        assert!(tokens.identify(&names(&["nobody"])).is_none());
+        let inner = tokens
+            .identity_token(&names(&["ci-bot"]))
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(inner.len(), 64);
+        let caller = tokens.authenticate(Some(&format!("Bearer {inner}")));
+        assert_eq!(caller.map(|c| c.role).ok(), Some(Role::Viewer));
+        let twice = format!("{file}{file}");
+        let err = format!("{:#}", Tokens::parse(&twice).unwrap_err());
+        assert!(err.contains("identity 2"), "{err}");
     }
 
     #[test]

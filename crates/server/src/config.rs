@@ -93,6 +93,13 @@ pub struct Config {
     /// How long the change log keeps changes (watch resume, history).
     #[serde(with = "duration")]
     pub history_retention: std::time::Duration,
+    /// TLS certificate chain (PEM): with `tls_key`, both listeners serve
+    /// TLS only.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that must have signed every client's certificate (mTLS).
+    pub tls_client_ca: Option<PathBuf>,
     /// Per-tenant quotas (`[[quotas]]`).
     pub quotas: Vec<arbiter_core::QuotaRule>,
     /// Token-bucket rate limits (`[[rate_limits]]`).
@@ -124,6 +131,9 @@ impl Default for Config {
             etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
             etcd_prefix: "/arbiter".into(),
             history_retention: std::time::Duration::from_secs(168 * 60 * 60),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             quotas: Vec::new(),
             rate_limits: Vec::new(),
             limits: crate::limits::RequestLimits::default(),
@@ -208,6 +218,15 @@ pub struct ServeArgs {
     /// How long changes are kept for watch and history [default: 168h].
     #[arg(long, env = "ARBITER_HISTORY_RETENTION", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub history_retention: Option<std::time::Duration>,
+    /// TLS certificate chain, PEM (re-read when it changes).
+    #[arg(long, env = "ARBITER_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key, PEM (re-read when it changes).
+    #[arg(long, env = "ARBITER_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA that signs client certificates, PEM: clients must present one.
+    #[arg(long, env = "ARBITER_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Requests of one tenant served at once; 0: no limit [default: 256].
     #[arg(long, env = "ARBITER_MAX_INFLIGHT_PER_TENANT", value_name = "N")]
     pub max_inflight_per_tenant: Option<u32>,
@@ -260,6 +279,9 @@ impl Config {
             etcd_prefix,
             history_retention,
             max_inflight_per_tenant,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
         } = args.clone();
         if let Some(v) = data_dir {
             self.data_dir = v;
@@ -323,6 +345,30 @@ impl Config {
         }
         if let Some(v) = max_inflight_per_tenant {
             self.limits.max_inflight_per_tenant = v;
+        }
+        if tls_cert.is_some() {
+            self.tls_cert = tls_cert;
+        }
+        if tls_key.is_some() {
+            self.tls_key = tls_key;
+        }
+        if tls_client_ca.is_some() {
+            self.tls_client_ca = tls_client_ca;
+        }
+    }
+
+    /// The TLS files, when TLS is on; errors say which setting is missing.
+    pub fn tls(&self) -> anyhow::Result<Option<crate::tls::TlsFiles>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            })),
+            (None, None) if self.tls_client_ca.is_none() => Ok(None),
+            (None, None) => anyhow::bail!("--tls-client-ca needs --tls-cert and --tls-key"),
+            (Some(_), None) => anyhow::bail!("--tls-cert needs --tls-key"),
+            (None, Some(_)) => anyhow::bail!("--tls-key needs --tls-cert"),
         }
     }
 

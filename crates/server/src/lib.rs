@@ -24,6 +24,7 @@ pub mod server;
 pub mod services;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{Running, start};

@@ -15,6 +15,8 @@ use tonic::body::Body;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+use arbiter_core::Error;
+
 use crate::auth::Tokens;
 use crate::status::to_status;
 
@@ -85,6 +87,15 @@ pub struct RequestService<S> {
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
+/// The names of the client certificate a TLS connection presented.
+fn certificate_names<B>(request: &http::Request<B>) -> Option<Vec<String>> {
+    let info = request
+        .extensions()
+        .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()?;
+    let certs = info.peer_certs()?;
+    certs.first().map(crate::tls::names_of)
+}
+
 fn grpc_code(response: &http::Response<Body>) -> tonic::Code {
     response
         .headers()
@@ -125,7 +136,17 @@ where
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            match self.tokens.authenticate(header) {
+            // A bearer token, when sent, wins over a client certificate.
+            let authenticated = match (header, certificate_names(&request)) {
+                (None, Some(names)) => self.tokens.identify(&names).ok_or_else(|| {
+                    Error::Unauthenticated(format!(
+                        "the client certificate ({}) is not mapped to a principal; send a bearer token, or map it with [[identities]] in the tokens file",
+                        names.first().map_or("no name", String::as_str)
+                    ))
+                }),
+                _ => self.tokens.authenticate(header),
+            };
+            match authenticated {
                 Ok(caller) => {
                     span.record("principal", caller.principal.as_str());
                     request.extensions_mut().insert(caller);

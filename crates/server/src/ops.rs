@@ -17,6 +17,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::auth::Tokens;
 use crate::readiness::Readiness;
 
 /// A client must send a request's whole header within this time, or its
@@ -34,11 +35,28 @@ const MAX_HEADER_BYTES: usize = 64 << 10;
 /// How long a shutdown waits for open requests before it drops them.
 const DRAIN: Duration = Duration::from_secs(10);
 
+/// TLS on the HTTP listener: the acceptor, and the tokens whose
+/// identities map client certificates to callers.
+#[derive(Clone)]
+pub struct HttpTls {
+    /// Handshakes with clients.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Maps a client certificate to the in-process token of its identity.
+    pub tokens: Arc<Tokens>,
+}
+
+impl std::fmt::Debug for HttpTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTls").finish_non_exhaustive()
+    }
+}
+
 /// Serves the API and the operations endpoints until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     api: Router,
     readiness: Arc<Readiness>,
+    tls: Option<HttpTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let app = Router::new()
@@ -87,20 +105,61 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::warn!(error = %e, "cannot set TCP_NODELAY on an HTTP connection");
         }
-        let service = TowerToHyperService::new(app.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, app, watcher, tls) = (builder.clone(), app.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            match tls {
+                None => serve_connection(&builder, watcher, TokioIo::new(tcp), app, None).await,
+                Some(tls) => {
+                    let Some(stream) = crate::tls::handshake(&tls.acceptor, tcp).await else {
+                        return;
+                    };
+                    // A mapped client certificate stands for a token; a
+                    // bearer token sent with a request wins over it.
+                    let token = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|certs| certs.first())
+                        .map(crate::tls::names_of)
+                        .and_then(|names| tls.tokens.identity_token(&names).map(str::to_string));
+                    serve_connection(&builder, watcher, TokioIo::new(stream), app, token).await;
+                }
             }
             drop(permit);
         });
     }
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("HTTP requests still open after {DRAIN:?} of shutdown were dropped");
+    }
+}
+
+/// Serves one connection; requests without an `authorization` header
+/// carry `identity`'s token.
+async fn serve_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: TokioIo<I>,
+    app: Router,
+    identity: Option<String>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let bearer = identity.and_then(|t| http::HeaderValue::from_str(&format!("Bearer {t}")).ok());
+    let app = tower::util::MapRequest::new(app, move |mut request: http::Request<hyper::body::Incoming>| {
+        if let Some(bearer) = &bearer
+            && !request.headers().contains_key(header::AUTHORIZATION)
+        {
+            request
+                .headers_mut()
+                .insert(header::AUTHORIZATION, bearer.clone());
+        }
+        request
+    });
+    let connection = builder
+        .serve_connection_with_upgrades(io, TowerToHyperService::new(app))
+        .into_owned();
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
     }
 }
 

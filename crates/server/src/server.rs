@@ -84,6 +84,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let (tokens, admin_token) = load_tokens(&config)?;
     let quotas = config.quotas()?;
+    let tls = config
+        .tls()?
+        .map(|files| crate::tls::Acceptors::new(&files))
+        .transpose()?;
     let limiter = Arc::new(config.limiter()?);
     crate::metrics::install();
     let store = open_store(&config).await?;
@@ -114,6 +118,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let settings = Settings {
         max_upload,
         limiter,
+        tls,
         http: arbiter_http::Options {
             limits: arbiter_http::Limits {
                 // Modules travel base64-encoded in JSON: 4/3 of their size.
@@ -217,6 +222,8 @@ struct Settings {
     max_upload: usize,
     /// Per-tenant request limits.
     limiter: Arc<Limiter>,
+    /// TLS, when on.
+    tls: Option<crate::tls::Acceptors>,
     /// HTTP API settings.
     http: arbiter_http::Options,
 }
@@ -272,31 +279,49 @@ async fn serve(
     let in_process = tower::util::BoxCloneSyncService::new(layer.clone().layer(routes.clone()));
     let pool = arbiter_api::json::pool()?;
     let mut http_options = settings.http;
-    http_options.admit = Some(admit(tokens));
+    http_options.admit = Some(admit(Arc::clone(&tokens)));
     let api = arbiter_http::router(pool, in_process, http_options)?;
     let (http_stop, http_stopped) = oneshot::channel::<()>();
-    let http_task = tokio::spawn(crate::ops::serve(http, api, Arc::clone(&ready), async {
-        let _ = http_stopped.await;
-    }));
+    let http_tls = settings.tls.as_ref().map(|t| crate::ops::HttpTls {
+        acceptor: t.http.clone(),
+        tokens: Arc::clone(&tokens),
+    });
+    let http_task = tokio::spawn(crate::ops::serve(
+        http,
+        api,
+        Arc::clone(&ready),
+        http_tls,
+        async {
+            let _ = http_stopped.await;
+        },
+    ));
     let compact = tokio::spawn(compact_loop(Arc::clone(&engine), retention));
     let policies = tokio::spawn(engine.follow_policies());
-    let result = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         // Streams one connection may hold open at once, and pings that
         // find connections whose peer is gone.
         .max_concurrent_streams(crate::ops::MAX_STREAMS_PER_CONNECTION)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(layer)
-        .add_routes(routes)
-        // TCP_NODELAY: a response's frames go out in separate writes, which
-        // Nagle's algorithm would hold until the client's delayed ACK.
-        .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), async {
-            let _ = stopped.await;
-            follow.abort();
-            readiness::report(&reporter, false).await;
-            tracing::info!("shutting down: finishing requests in flight");
-        })
-        .await;
+        .add_routes(routes);
+    let shutdown = async {
+        let _ = stopped.await;
+        follow.abort();
+        readiness::report(&reporter, false).await;
+        tracing::info!("shutting down: finishing requests in flight");
+    };
+    // TCP_NODELAY: a response's frames go out in separate writes, which
+    // Nagle's algorithm would hold until the client's delayed ACK.
+    let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
+    let result = match settings.tls {
+        None => router.serve_with_incoming_shutdown(incoming, shutdown).await,
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(crate::tls::incoming(incoming, tls.grpc), shutdown)
+                .await
+        }
+    };
     compact.abort();
     policies.abort();
     sweep.abort();
