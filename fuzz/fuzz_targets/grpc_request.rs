@@ -6,11 +6,8 @@
 
 #![no_main]
 
-use arbiter_fuzz::{TOKEN, stack};
-use bytes::{BufMut, Bytes, BytesMut};
-use http_body_util::BodyExt;
+use arbiter_fuzz::call;
 use libfuzzer_sys::fuzz_target;
-use tower::ServiceExt;
 
 const METHODS: &[&str] = &[
     "/arbiter.v1.VirtualMachines/CreateVirtualMachine",
@@ -35,46 +32,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let method = METHODS[usize::from(selector) % METHODS.len()];
-    let mut frame = BytesMut::with_capacity(5 + message.len());
-    frame.put_u8(0);
-    frame.put_u32(message.len() as u32);
-    frame.put_slice(message);
-    let Ok(request) = http::Request::post(method)
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(tonic::body::Body::new(http_body_util::Full::new(Bytes::from(
-            frame,
-        ))))
-    else {
-        return;
-    };
-    let stack = stack();
-    let code = stack.runtime.block_on(async {
-        let response = stack
-            .grpc
-            .clone()
-            .oneshot(request)
-            .await
-            .unwrap_or_else(|e| match e {});
-        assert_eq!(
-            response.status(),
-            http::StatusCode::OK,
-            "{method}: gRPC answers 200"
-        );
-        let mut code = response.headers().get("grpc-status").cloned();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("the reply body is readable");
-        if let Some(trailers) = body.trailers() {
-            code = code.or_else(|| trailers.get("grpc-status").cloned());
-        }
-        code
-    });
-    let code = code.expect("every reply carries a grpc-status");
-    let code = tonic::Code::from_bytes(code.as_bytes());
+    let code = call(method, message);
     assert!(
         !matches!(code, tonic::Code::Unknown | tonic::Code::Internal),
         "{method}: bad input answered {code:?}"

@@ -11,6 +11,7 @@ use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
 use tower::{Layer, Service};
 use tracing::Instrument;
@@ -54,16 +55,25 @@ fn method_label(path: &str) -> String {
     }
 }
 
+/// Health `Watch` streams open at once: they need no token, so they are
+/// bounded for the whole server, not only per connection.
+pub const MAX_HEALTH_WATCHES: usize = 1024;
+const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
+
 /// Adds the request span and authentication.
 #[derive(Debug, Clone)]
 pub struct RequestLayer {
     tokens: Arc<Tokens>,
+    health_watches: Arc<Semaphore>,
 }
 
 impl RequestLayer {
     /// A layer that authenticates against `tokens`.
     pub fn new(tokens: Arc<Tokens>) -> Self {
-        Self { tokens }
+        Self {
+            tokens,
+            health_watches: Arc::new(Semaphore::new(MAX_HEALTH_WATCHES)),
+        }
     }
 }
 
@@ -74,6 +84,7 @@ impl<S> Layer<S> for RequestLayer {
         RequestService {
             inner,
             tokens: Arc::clone(&self.tokens),
+            health_watches: Arc::clone(&self.health_watches),
         }
     }
 }
@@ -83,6 +94,33 @@ impl<S> Layer<S> for RequestLayer {
 pub struct RequestService<S> {
     inner: S,
     tokens: Arc<Tokens>,
+    health_watches: Arc<Semaphore>,
+}
+
+/// A response body that holds a permit until the stream ends.
+struct Held {
+    inner: Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Held {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -159,13 +197,35 @@ where
                 }
             }
         }
+        let mut watch_permit = None;
+        if method == HEALTH_WATCH {
+            match Arc::clone(&self.health_watches).try_acquire_owned() {
+                Ok(permit) => watch_permit = Some(permit),
+                Err(_) => {
+                    let status = to_status(&Error::RateLimited {
+                        what: format!("{MAX_HEALTH_WATCHES} health watches are open on this server"),
+                        limit: format!("{MAX_HEALTH_WATCHES} health watches"),
+                        retry_after: std::time::Duration::from_secs(1),
+                    });
+                    return Box::pin(std::future::ready(Ok(status.into_http())));
+                }
+            }
+        }
         // Take the service that was polled ready; leave a fresh clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let future = span.in_scope(|| inner.call(request));
         Box::pin(
             async move {
-                let response = future.await?;
+                let mut response = future.await?;
+                if let Some(permit) = watch_permit {
+                    response = response.map(|inner| {
+                        Body::new(Held {
+                            inner,
+                            _permit: permit,
+                        })
+                    });
+                }
                 let span = tracing::Span::current();
                 let code = grpc_code(&response);
                 let took = started.elapsed().as_secs_f64();

@@ -33,7 +33,7 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// Largest request header (the request line and header fields): 431 past it.
 const MAX_HEADER_BYTES: usize = 64 << 10;
 /// How long a shutdown waits for open requests before it drops them.
-const DRAIN: Duration = Duration::from_secs(10);
+pub const DRAIN: Duration = Duration::from_secs(10);
 
 /// TLS on the HTTP listener: the acceptor, and the tokens whose
 /// identities map client certificates to callers.

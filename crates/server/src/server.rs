@@ -305,21 +305,37 @@ async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(layer)
         .add_routes(routes);
-    let shutdown = async {
-        let _ = stopped.await;
-        follow.abort();
-        readiness::report(&reporter, false).await;
-        tracing::info!("shutting down: finishing requests in flight");
+    let draining = Arc::new(tokio::sync::Notify::new());
+    let shutdown = {
+        let draining = Arc::clone(&draining);
+        async move {
+            let _ = stopped.await;
+            follow.abort();
+            readiness::report(&reporter, false).await;
+            tracing::info!("shutting down: finishing requests in flight");
+            draining.notify_one();
+        }
     };
     // TCP_NODELAY: a response's frames go out in separate writes, which
     // Nagle's algorithm would hold until the client's delayed ACK.
     let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
-    let result = match settings.tls {
-        None => router.serve_with_incoming_shutdown(incoming, shutdown).await,
-        Some(tls) => {
-            router
-                .serve_with_incoming_shutdown(crate::tls::incoming(incoming, tls.grpc), shutdown)
-                .await
+    let serving: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match settings.tls {
+            None => Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown)),
+            Some(tls) => Box::pin(
+                router.serve_with_incoming_shutdown(crate::tls::incoming(incoming, tls.grpc), shutdown),
+            ),
+        };
+    // Streams that never end by themselves (watches, health watches) do
+    // not hold a shutdown up for longer than the drain time.
+    let result = tokio::select! {
+        result = serving => result,
+        () = async {
+            draining.notified().await;
+            tokio::time::sleep(crate::ops::DRAIN).await;
+        } => {
+            tracing::warn!("gRPC streams still open after {:?} of shutdown were dropped", crate::ops::DRAIN);
+            Ok(())
         }
     };
     compact.abort();

@@ -498,3 +498,53 @@ async fn a_component_with_many_memories_is_refused_at_upload() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_health_watches_are_bounded() {
+    use arbiter_server::middleware::MAX_HEALTH_WATCHES;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let server = TestServer::start().await;
+    let addr = server.running.as_ref().unwrap().grpc_addr;
+    // 200 streams per connection, under the per-connection limit.
+    let mut channels = Vec::new();
+    for _ in 0..MAX_HEALTH_WATCHES.div_ceil(200) + 1 {
+        channels.push(common::connect(addr).await);
+    }
+    let mut open = Vec::new();
+    for i in 0..MAX_HEALTH_WATCHES {
+        let mut health = HealthClient::new(channels[i / 200].clone());
+        let stream = health
+            .watch(HealthCheckRequest::default())
+            .await
+            .unwrap_or_else(|s| panic!("watch {i}: {s:?}"));
+        open.push(stream.into_inner());
+    }
+    let mut health = HealthClient::new(channels[channels.len() - 1].clone());
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        health.watch(HealthCheckRequest::default()),
+    )
+    .await
+    .expect("the refusal comes at once")
+    .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(reason(&refused), "RATE_LIMITED");
+    // A closed watch frees its place.
+    drop(open.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match health.watch(HealthCheckRequest::default()).await {
+            Ok(_) => break,
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+                assert!(tokio::time::Instant::now() < deadline, "the place is never freed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    // Open watches hold a stop up for the drain time (10 s) at most.
+    let stopping = tokio::time::Instant::now();
+    server.stop().await;
+    assert!(stopping.elapsed() < Duration::from_secs(30));
+    drop(open);
+}

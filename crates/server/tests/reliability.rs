@@ -270,3 +270,106 @@ async fn hostile_inputs_get_clear_errors_and_leave_the_server_up() {
         .unwrap();
     server.stop().await;
 }
+
+/// A tmpfs of `size` mounted for one test, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// `None` where mounting is not allowed (not root, no CAP_SYS_ADMIN).
+    fn mount(at: &std::path::Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(at).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| Self(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the file system of `path` with a file there; returns the file.
+fn fill(path: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let filler = path.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    while file.write_all(&chunk).is_ok() {}
+    while file.write_all(&chunk[..4096]).is_ok() {}
+    let _ = file.sync_all();
+    filler
+}
+
+async fn readyz(base: &str) -> u16 {
+    reqwest::get(format!("{base}/readyz"))
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_makes_the_server_unready_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_disk) = SmallDisk::mount(&dir.path().join("disk"), "64m") else {
+        eprintln!("skipped: this test mounts a tmpfs, which needs root");
+        return;
+    };
+    let data = dir.path().join("disk/data");
+    let server = TestServer::start_with(|c| c.data_dir = data.clone()).await;
+    let base = server.http_base();
+    let mut vms = server.vms("acme-editor");
+    vms.create_virtual_machine(create_vm("before")).await.unwrap();
+    assert_eq!(readyz(&base).await, 200);
+
+    let filler = fill(&dir.path().join("disk"));
+    let mut failed = None;
+    for i in 0..500 {
+        if let Err(status) = vms.create_virtual_machine(create_vm(&format!("full-{i}"))).await {
+            failed = Some((i, status));
+            break;
+        }
+    }
+    let (failed_at, status) = failed.expect("a create fails once the disk is full");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    while readyz(&base).await != 503 {
+        assert!(tokio::time::Instant::now() < deadline, "/readyz still says ready");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    wait_health(server.running.as_ref().unwrap().grpc_addr, false).await;
+
+    // RocksDB stays read-only after a failed write: free the space and
+    // restart. The acknowledged write is there, the failed one is not.
+    std::fs::remove_file(filler).unwrap();
+    let mut server = server;
+    server.running.take().unwrap().stop().await.unwrap();
+    let mut config = test_config(server.dir.path());
+    config.data_dir = data;
+    let running = arbiter_server::start(config).await.unwrap();
+    server.channel = connect(running.grpc_addr).await;
+    server.running = Some(running);
+    wait_health(server.running.as_ref().unwrap().grpc_addr, true).await;
+    let mut vms = server.vms("acme-editor");
+    vms.get_virtual_machine(GetVirtualMachineRequest {
+        name: "tenants/acme/vms/before".into(),
+    })
+    .await
+    .unwrap();
+    let missing = vms
+        .get_virtual_machine(GetVirtualMachineRequest {
+            name: format!("tenants/acme/vms/full-{failed_at}"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "the failed create left nothing");
+    vms.create_virtual_machine(create_vm("after")).await.unwrap();
+    server.stop().await;
+}

@@ -55,6 +55,8 @@ const COLUMN_FAMILIES: [&str; 8] = [
     CF_BLOBS,
 ];
 const REVISION_KEY: &[u8] = b"revision";
+/// Written by a ping after a failed write, to see whether writes work again.
+const PROBE_KEY: &[u8] = b"probe";
 const OLDEST_KEY: &[u8] = b"oldest";
 /// Batches of change events the watchers' feed holds before a slow
 /// watcher falls behind and re-reads the log.
@@ -95,6 +97,9 @@ pub(crate) struct Shared {
     feed: broadcast::Sender<Arc<Vec<ChangeEvent>>>,
     /// When expired request records were last purged (Unix ms).
     purged_at: std::sync::atomic::AtomicI64,
+    /// Why the last write failed (a full disk, say); cleared by the next
+    /// write that succeeds.
+    pub(crate) write_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -236,6 +241,21 @@ impl std::fmt::Debug for RocksStore {
     }
 }
 
+/// Entries a scan visits on the async runtime's thread before it moves
+/// off it.
+const INLINE_SCAN: usize = 256;
+
+/// Runs `f`, blocking work, off the async runtime: on a multi-threaded
+/// runtime this thread first hands its other tasks to another worker.
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 pub(crate) fn engine(e: rocksdb::Error) -> StoreError {
     StoreError::Engine(e.into_string())
 }
@@ -336,6 +356,7 @@ impl RocksStore {
             oldest: AtomicU64::new(oldest),
             feed,
             purged_at: std::sync::atomic::AtomicI64::new(0),
+            write_failure: std::sync::Mutex::new(None),
         });
         let (queue, rx) = mpsc::channel(options.queue_depth.max(1));
         let fsync = options.fsync;
@@ -423,17 +444,30 @@ impl Store for RocksStore {
         };
         let start = start_after.unwrap_or(prefix);
         let mode = IteratorMode::From(start, Direction::Forward);
-        for item in snapshot.iterator_cf(cf, mode) {
-            let (key, raw) = item.map_err(engine)?;
-            if !key.starts_with(prefix) {
-                break;
+        let mut items = snapshot.iterator_cf(cf, mode);
+        // Visits up to `budget` entries; whether the scan may go on.
+        let mut run = |budget: usize| -> Result<bool, StoreError> {
+            for _ in 0..budget {
+                let Some(item) = items.next() else {
+                    return Ok(false);
+                };
+                let (key, raw) = item.map_err(engine)?;
+                if !key.starts_with(prefix) {
+                    return Ok(false);
+                }
+                if Some(&*key) == start_after {
+                    continue;
+                }
+                if visit(&key, decode_object(&key, &raw)?) == Scan::Stop {
+                    return Ok(false);
+                }
             }
-            if Some(&*key) == start_after {
-                continue;
-            }
-            if visit(&key, decode_object(&key, &raw)?) == Scan::Stop {
-                break;
-            }
+            Ok(true)
+        };
+        // A short scan runs here; a long one leaves the async runtime's
+        // thread first, so that it holds up no other request.
+        if run(INLINE_SCAN)? {
+            off_runtime(|| run(usize::MAX))?;
         }
         Ok(revision)
     }
@@ -558,7 +592,45 @@ impl Store for RocksStore {
         if self.sequencer.as_ref().is_none_or(|s| s.is_finished()) {
             return Err(StoreError::Closed);
         }
-        Ok(())
+        // After a failed write, a ping writes (and syncs) a probe: the
+        // store is healthy again only once a write goes through.
+        let failed = self
+            .shared
+            .write_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(why) = failed else {
+            return Ok(());
+        };
+        let shared = Arc::clone(&self.shared);
+        let probe = tokio::task::spawn_blocking(move || {
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            shared
+                .db
+                .put_cf_opt(shared.cf(CF_META)?, PROBE_KEY, now.to_be_bytes(), &opts)
+                .map_err(engine)
+        })
+        .await
+        .map_err(|e| StoreError::Engine(format!("the write probe failed: {e}")))?;
+        match probe {
+            Ok(()) => {
+                *self
+                    .shared
+                    .write_failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
+                Ok(())
+            }
+            Err(e) => Err(StoreError::Engine(format!(
+                "writes fail ({why}); a probe write failed too: {e}"
+            ))),
+        }
     }
 }
 

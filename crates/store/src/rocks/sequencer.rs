@@ -105,7 +105,20 @@ impl Sequencer {
         let mut opts = WriteOptions::default();
         opts.set_sync(self.options.fsync);
         let started = std::time::Instant::now();
-        self.shared.db.write_opt(write, &opts).map_err(engine)?;
+        if let Err(e) = self.shared.db.write_opt(write, &opts) {
+            let e = engine(e);
+            *self
+                .shared
+                .write_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            return Err(e);
+        }
+        *self
+            .shared
+            .write_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         metrics::histogram!("arbiter_store_sync_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("arbiter_store_commit_batch_size").record(batch.len() as f64);
         self.shared.revision.store(revision, Ordering::Release);
