@@ -111,16 +111,6 @@ async fn the_last_quota_slot_goes_to_exactly_one_across_replicas_on_etcd() {
     race_for_the_last_slot(&[&first, &second], 12).await;
 }
 
-/// Stops `server` and starts it again on its data with `quotas`.
-async fn restart_with(server: &mut TestServer, quotas: Vec<QuotaRule>) {
-    server.running.take().unwrap().stop().await.unwrap();
-    let mut config = test_config(server.dir.path());
-    config.quotas = quotas;
-    let running = arbiter_server::start(config).await.unwrap();
-    server.channel = connect(running.grpc_addr).await;
-    server.running = Some(running);
-}
-
 #[tokio::test]
 async fn a_quota_counts_what_the_tenant_already_holds() {
     let mut server = TestServer::start().await;
@@ -130,7 +120,7 @@ async fn a_quota_counts_what_the_tenant_already_holds() {
             .await
             .unwrap();
     }
-    restart_with(&mut server, vec![quota("acme", 6)]).await;
+    server.restart_with(|c| c.quotas = vec![quota("acme", 6)]).await;
     let mut vms = server.vms("acme-editor");
     vms.create_virtual_machine(create_vm("sixth")).await.unwrap();
     let status = vms
@@ -141,7 +131,7 @@ async fn a_quota_counts_what_the_tenant_already_holds() {
 
     // Without the quota nothing is counted; configured again, it counts
     // afresh rather than from the count it left.
-    restart_with(&mut server, Vec::new()).await;
+    server.restart_with(|c| c.quotas = Vec::new()).await;
     let mut vms = server.vms("acme-editor");
     for i in 0..3 {
         vms.create_virtual_machine(create_vm(&format!("free-{i}")))
@@ -154,7 +144,7 @@ async fn a_quota_counts_what_the_tenant_already_holds() {
     })
     .await
     .unwrap();
-    restart_with(&mut server, vec![quota("acme", 9)]).await;
+    server.restart_with(|c| c.quotas = vec![quota("acme", 9)]).await;
     let mut vms = server.vms("acme-editor");
     vms.create_virtual_machine(create_vm("ninth")).await.unwrap();
     let status = vms.create_virtual_machine(create_vm("tenth")).await.unwrap_err();

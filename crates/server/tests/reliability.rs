@@ -350,12 +350,7 @@ async fn a_full_disk_makes_the_server_unready_and_loses_nothing() {
     // restart. The acknowledged write is there, the failed one is not.
     std::fs::remove_file(filler).unwrap();
     let mut server = server;
-    server.running.take().unwrap().stop().await.unwrap();
-    let mut config = test_config(server.dir.path());
-    config.data_dir = data;
-    let running = arbiter_server::start(config).await.unwrap();
-    server.channel = connect(running.grpc_addr).await;
-    server.running = Some(running);
+    server.restart_with(|c| c.data_dir = data).await;
     wait_health(server.running.as_ref().unwrap().grpc_addr, true).await;
     let mut vms = server.vms("acme-editor");
     vms.get_virtual_machine(GetVirtualMachineRequest {

@@ -155,10 +155,18 @@ impl TestServer {
 
     /// Stops the server and starts it again on the same data dir.
     pub async fn restart(&mut self) {
+        self.restart_with(|_| {}).await;
+    }
+
+    /// Stops the server and starts it again with the test config that
+    /// `adjust` changes (the same data dir unless it moves it).
+    pub async fn restart_with(&mut self, adjust: impl FnOnce(&mut Config)) {
         if let Some(running) = self.running.take() {
             running.stop().await.unwrap();
         }
-        let running = arbiter_server::start(test_config(self.dir.path())).await.unwrap();
+        let mut config = test_config(self.dir.path());
+        adjust(&mut config);
+        let running = arbiter_server::start(config).await.unwrap();
         self.channel = connect(running.grpc_addr).await;
         self.running = Some(running);
     }
