@@ -56,6 +56,17 @@ pub struct GuestState {
     output: Option<(MemoryOutputPipe, MemoryOutputPipe)>,
 }
 
+/// Most WASI resources (streams, pollables, ...) one evaluation may hold:
+/// a policy needs a handful; wasmtime's default (a million) would let one
+/// evaluation take host memory far outside its memory limit.
+pub const MAX_RESOURCES: usize = 4096;
+
+fn bounded_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
+    table
+}
+
 impl GuestState {
     /// A state for an evaluation of a request made at `now_unix_ms` with
     /// `memory_bytes` of linear memory.
@@ -63,7 +74,7 @@ impl GuestState {
         Self {
             wasi: None,
             now_unix_ms,
-            table: ResourceTable::new(),
+            table: bounded_table(),
             limiter: MemoryLimiter::new(memory_bytes),
             logged: Vec::new(),
             output: None,
@@ -132,5 +143,11 @@ mod tests {
         }
         assert_eq!(state.logged.len(), PER_EVALUATION);
         assert!(state.logged.iter().all(|l| l.len() <= MAX_LINE));
+    }
+
+    #[test]
+    fn the_resource_table_is_bounded() {
+        let state = GuestState::new(0, 1 << 20);
+        assert_eq!(state.table.max_capacity(), MAX_RESOURCES);
     }
 }
