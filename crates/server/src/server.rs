@@ -267,6 +267,7 @@ async fn serve(
         reporter.clone(),
         Arc::clone(&ready),
     ));
+    let follow_abort = follow.abort_handle();
     let routes = routes(
         tonic::service::Routes::new(health),
         &engine,
@@ -310,7 +311,7 @@ async fn serve(
         let draining = Arc::clone(&draining);
         async move {
             let _ = stopped.await;
-            follow.abort();
+            follow_abort.abort();
             readiness::report(&reporter, false).await;
             tracing::info!("shutting down: finishing requests in flight");
             draining.notify_one();
@@ -338,11 +339,15 @@ async fn serve(
             Ok(())
         }
     };
-    compact.abort();
-    policies.abort();
-    sweep.abort();
     let _ = http_stop.send(());
     let _ = http_task.await;
+    // The background tasks hold the engine: wait until they are gone, so
+    // that the store is closed when this returns (a restart in the same
+    // process opens it again).
+    for task in [compact, policies, sweep, follow] {
+        task.abort();
+        let _ = task.await;
+    }
     drop(engine);
     tracing::info!("stopped");
     result.context("the gRPC server failed")
