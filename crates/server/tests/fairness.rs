@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arbiter_api::v1::policy::{FailurePolicy, Operation};
-use arbiter_api::v1::{CreatePolicyRequest, CreateVirtualMachineRequest, Policy};
+use arbiter_api::v1::{CreatePolicyRequest, Policy};
 use arbiter_test_guests as guests;
 use common::process::Process;
 use common::*;
@@ -40,18 +40,6 @@ fn hostile(failure: FailurePolicy) -> Policy {
     }
 }
 
-fn vm_in(tenant: &str, id: &str, labels: &[(&str, &str)]) -> CreateVirtualMachineRequest {
-    let mut req = create_vm(id);
-    req.parent = format!("tenants/{tenant}");
-    if let Some(vm) = req.vm.as_mut() {
-        vm.labels = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-    }
-    req
-}
-
 fn client(channel: &tonic::transport::Channel, token: &str) -> VmsClient {
     arbiter_api::v1::virtual_machines_client::VirtualMachinesClient::with_interceptor(
         channel.clone(),
@@ -74,7 +62,7 @@ async fn measure_b(channel: &tonic::transport::Channel, phase: &str) -> u64 {
                 let mut i = 0;
                 while tokio::time::Instant::now() < end {
                     let id = format!("b-{phase}-{c}-{i}");
-                    vms.create_virtual_machine(vm_in("globex", &id, &[]))
+                    vms.create_virtual_machine(labelled_in("globex", &id, &[]))
                         .await
                         .unwrap_or_else(|s| panic!("tenant B's create failed: {s:?}"));
                     done.fetch_add(1, Ordering::Relaxed);
@@ -144,7 +132,7 @@ async fn a_flooding_tenant_with_slow_policies_leaves_others_their_throughput() {
                 while flooding.load(Ordering::Relaxed) {
                     let id = format!("a-{c}-{i}");
                     match vms
-                        .create_virtual_machine(vm_in("acme", &id, &[("hostile", "loop")]))
+                        .create_virtual_machine(labelled_in("acme", &id, &[("hostile", "loop")]))
                         .await
                     {
                         Ok(_) => done.fetch_add(1, Ordering::Relaxed),

@@ -39,14 +39,7 @@ async fn upload(server: &TestServer, tenant: &str, id: &str, policy: Policy) -> 
 }
 
 fn labelled(id: &str, labels: &[(&str, &str)]) -> CreateVirtualMachineRequest {
-    let mut req = create_vm(id);
-    if let Some(vm) = req.vm.as_mut() {
-        vm.labels = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-    }
-    req
+    labelled_in("acme", id, labels)
 }
 
 fn stop(name: &str) -> StopVirtualMachineRequest {

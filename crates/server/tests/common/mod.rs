@@ -268,6 +268,23 @@ pub fn create_vm(id: &str) -> arbiter_api::v1::CreateVirtualMachineRequest {
     }
 }
 
+/// A create of VM `id` in `tenant` with `labels`.
+pub fn labelled_in(
+    tenant: &str,
+    id: &str,
+    labels: &[(&str, &str)],
+) -> arbiter_api::v1::CreateVirtualMachineRequest {
+    let mut req = create_vm(id);
+    req.parent = format!("tenants/{tenant}");
+    if let Some(vm) = req.vm.as_mut() {
+        vm.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+    req
+}
+
 pub fn create_user(id: &str, email: &str) -> arbiter_api::v1::CreateUserRequest {
     arbiter_api::v1::CreateUserRequest {
         parent: "tenants/acme".into(),
