@@ -483,7 +483,6 @@ impl<S: Store> Engine<S> {
                 idempotency: mark.clone().map(|m| m.with_outcome(value.clone())),
                 ..Commit::default()
             };
-            let (limit, counted) = (counting.limit, counting.clone());
             counting.apply(&mut commit);
             return match self.store.commit(commit).await {
                 Ok(done) => {
@@ -493,7 +492,7 @@ impl<S: Store> Engine<S> {
                     *meta.etag = etag_of(done.revision);
                     Ok(r)
                 }
-                Err(CommitError::Conflict { key: moved, .. }) if counted.is_marker(&moved) => {
+                Err(CommitError::Conflict { key: moved, .. }) if counting.is_marker(&moved) => {
                     if attempt >= self.config.max_retries {
                         return Err(Error::storage("counting for a quota", "the count kept moving"));
                     }
@@ -514,7 +513,7 @@ impl<S: Store> Engine<S> {
                 Err(CommitError::Limit { value, .. }) => Err(quota_exceeded(
                     &name.tenant,
                     kind,
-                    limit.unwrap_or_default(),
+                    counting.limit.unwrap_or_default(),
                     value,
                 )),
                 Err(CommitError::Recorded(record)) => {
@@ -736,7 +735,6 @@ impl<S: Store> Engine<S> {
                 idempotency: mark.clone().map(|m| m.with_outcome(value.unwrap_or_default())),
                 ..Commit::default()
             };
-            let counted = counting.clone();
             counting.apply(&mut commit);
             match self.store.commit(commit).await {
                 Ok(done) => {
@@ -749,7 +747,7 @@ impl<S: Store> Engine<S> {
                     return Ok(next);
                 }
                 Err(CommitError::Conflict { key: moved, .. })
-                    if counted.is_marker(&moved) && attempt < self.config.max_retries =>
+                    if counting.is_marker(&moved) && attempt < self.config.max_retries =>
                 {
                     attempt += 1;
                 }

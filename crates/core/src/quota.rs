@@ -120,10 +120,10 @@ impl Counting {
     }
 
     /// Adds the count's parts to a commit.
-    pub(crate) fn apply(self, commit: &mut arbiter_store::Commit) {
-        commit.reads.extend(self.read);
-        commit.writes.extend(self.write);
-        commit.counters.extend(self.counter);
+    pub(crate) fn apply(&self, commit: &mut arbiter_store::Commit) {
+        commit.reads.extend(self.read.clone());
+        commit.writes.extend(self.write.clone());
+        commit.counters.extend(self.counter.clone());
     }
 }
 
