@@ -25,15 +25,15 @@ const B_CLIENTS: usize = 4;
 const A_CLIENTS: usize = 32;
 
 /// The hostile test policy on VM creates: it allows a VM without labels
-/// and spins to its 100 ms time limit on `hostile=loop`.
-fn hostile(failure: FailurePolicy) -> Policy {
+/// and spins to its time limit (`millis`) on `hostile=loop`.
+fn hostile(failure: FailurePolicy, millis: i32) -> Policy {
     Policy {
         kinds: vec!["vm".into()],
         operations: vec![Operation::Create as i32],
         failure_policy: failure as i32,
         timeout: Some(prost_types::Duration {
             seconds: 0,
-            nanos: 100_000_000,
+            nanos: millis * 1_000_000,
         }),
         module: guests::read(guests::HOSTILE),
         ..Default::default()
@@ -100,15 +100,17 @@ async fn a_flooding_tenant_with_slow_policies_leaves_others_their_throughput() {
     let channel = connect(server.grpc_addr).await;
     let base = format!("http://{}", server.http_addr);
     let mut policies = server.client().await.server().policies();
-    for (tenant, id, failure) in [
-        ("acme", "spinner", FailurePolicy::FailOpen),
-        ("globex", "cheap", FailurePolicy::FailClosed),
+    // B's policy allows at once; its generous limit keeps a loaded machine
+    // (the time limit is wall-clock) from failing B's requests.
+    for (tenant, id, failure, millis) in [
+        ("acme", "spinner", FailurePolicy::FailOpen, 100),
+        ("globex", "cheap", FailurePolicy::FailClosed, 900),
     ] {
         policies
             .create_policy(CreatePolicyRequest {
                 parent: format!("tenants/{tenant}"),
                 policy_id: id.into(),
-                policy: Some(hostile(failure)),
+                policy: Some(hostile(failure, millis)),
                 ..Default::default()
             })
             .await
