@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "arbiter/v1/prompts.proto",
     "arbiter/v1/policies.proto",
     "arbiter/v1/changes.proto",
+    "arbiter/v1/transactions.proto",
 ];
 
 const RPC_PROTOS: &[&str] = &[

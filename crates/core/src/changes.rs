@@ -318,20 +318,6 @@ impl<S: Store> Engine<S> {
             next_page_token,
         })
     }
-
-    /// The fields changed between the version an etag names and `current`,
-    /// when that version is still retained.
-    pub(crate) async fn changed_since<R: Resource>(
-        &self,
-        key: &[u8],
-        etag: &str,
-        current: &R,
-    ) -> Option<Vec<String>> {
-        let revision = u64::from_str_radix(etag.trim().trim_matches('"'), 16).ok()?;
-        let old = self.store().get_at(key, revision).await.ok()??;
-        let old = decode::<R>(key, &old).ok()?;
-        Some(changed_fields(&old, current))
-    }
 }
 
 /// Parses `tenants/{tenant}/{collection}/{id}` of any watched kind.

@@ -301,6 +301,15 @@ pub enum Error {
     /// The server failed. The text says what failed, never internals.
     #[error("internal error while {0}; retry later, and report it if it persists")]
     Internal(String),
+    /// An operation of a transaction failed, so nothing was written: its
+    /// own error, answered with ErrorInfo metadata `operation_index`.
+    #[error("operation {index} of the transaction failed, so none was applied: {error}")]
+    InOperation {
+        /// The operation's index, from 0.
+        index: usize,
+        /// Its error, as if it had been sent alone.
+        error: Box<Error>,
+    },
 }
 
 fn describe(violations: &[FieldViolation]) -> String {
@@ -312,6 +321,20 @@ fn describe(violations: &[FieldViolation]) -> String {
 }
 
 impl Error {
+    /// This error as the failure of operation `index` of a transaction;
+    /// its field violations are prefixed `operations[index].`.
+    pub(crate) fn in_operation(mut self, index: usize) -> Self {
+        if let Self::InvalidField { violations } = &mut self {
+            for v in violations {
+                v.field = format!("operations[{index}].{}", v.field);
+            }
+        }
+        Self::InOperation {
+            index,
+            error: Box::new(self),
+        }
+    }
+
     /// One bad field.
     pub fn field(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::InvalidField {

@@ -6,7 +6,8 @@
 //!   kind as data (fields, lifecycle, unique fields); [`kinds`] holds the
 //!   three kinds of `arbiter.v1`.
 //! - [`engine`]: [`Engine`], the pipeline behind every create, get, list,
-//!   update, delete and state transition, over any [`arbiter_store::Store`].
+//!   update, delete, state transition and transaction, over any
+//!   [`arbiter_store::Store`]; [`requests`]: what it is asked.
 //! - [`error`]: [`Error`], the domain error that the server maps to
 //!   `google.rpc.Status` in one place.
 //! - [`policy`]: tenant policies in the pipeline: what a policy sees and
@@ -17,10 +18,12 @@
 
 pub mod auth;
 pub mod changes;
+mod consistency;
 pub mod engine;
 pub mod error;
 pub mod filter;
 mod follow;
+mod idempotency;
 pub mod kind;
 pub mod kinds;
 pub mod mask;
@@ -29,14 +32,15 @@ pub mod page;
 pub mod policy;
 pub mod policy_admin;
 pub mod quota;
+pub mod requests;
+mod stage;
+mod transaction;
 pub mod validate;
+mod write;
 
 pub use auth::{Access, Caller, Role};
 pub use changes::{ChangeFeed, RevisionsPage, WatchRequest};
-pub use engine::{
-    CreateRequest, DeleteRequest, Engine, EngineConfig, ListPage, ListRequest, RequestId, TransitionRequest,
-    UpdateRequest,
-};
+pub use engine::{Engine, EngineConfig};
 pub use error::{Current, Error, FieldViolation};
 pub use kind::{Kind, Resource};
 pub use policy::{
@@ -44,3 +48,6 @@ pub use policy::{
     PolicyRuntime, PolicyStats, Verdict,
 };
 pub use quota::{QuotaRule, Quotas};
+pub use requests::{
+    CreateRequest, DeleteRequest, ListPage, ListRequest, RequestId, TransitionRequest, UpdateRequest,
+};

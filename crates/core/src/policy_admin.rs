@@ -11,10 +11,11 @@ use arbiter_store::Store;
 use sha2::{Digest, Sha256};
 
 use crate::auth::{Access, Caller};
-use crate::engine::{CreateRequest, Engine, UpdateRequest};
+use crate::engine::Engine;
 use crate::error::{Error, invalid};
 use crate::kinds::POLICY;
 use crate::names;
+use crate::requests::{CreateRequest, UpdateRequest};
 
 /// The hex SHA-256 of a module.
 pub fn module_digest(module: &[u8]) -> String {

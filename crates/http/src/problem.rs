@@ -298,6 +298,7 @@ impl Problem {
             ("requested_revision", "requested_revision"),
             ("oldest_revision", "oldest_revision"),
             ("resume_revision", "resume_revision"),
+            ("operation_index", "operation_index"),
         ] {
             if let Some(value) = get(key).and_then(|v| v.parse::<u64>().ok()) {
                 self.body.insert(member.into(), json!(value));

@@ -19,13 +19,14 @@ const EVERY: Duration = Duration::from_secs(1);
 const PATIENCE: Duration = Duration::from_secs(2);
 
 /// The gRPC services whose health follows the store's.
-pub const SERVICES: [&str; 6] = [
+pub const SERVICES: [&str; 7] = [
     "",
     "arbiter.v1.VirtualMachines",
     "arbiter.v1.Users",
     "arbiter.v1.Prompts",
     "arbiter.v1.Policies",
     "arbiter.v1.Changes",
+    "arbiter.v1.Transactions",
 ];
 
 /// Whether this replica can serve.

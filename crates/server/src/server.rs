@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use arbiter_api::v1::{
     changes_server::ChangesServer, policies_server::PoliciesServer, prompts_server::PromptsServer,
-    users_server::UsersServer, virtual_machines_server::VirtualMachinesServer,
+    transactions_server::TransactionsServer, users_server::UsersServer,
+    virtual_machines_server::VirtualMachinesServer,
 };
 use arbiter_core::{Engine, EngineConfig};
 use arbiter_store::{AnyStore, EtcdOptions, EtcdStore, RocksOptions, RocksStore, Store};
@@ -247,6 +248,7 @@ pub fn routes(
         .add_service(UsersServer::new(api.clone()))
         .add_service(PromptsServer::new(api.clone()))
         .add_service(ChangesServer::new(api.clone()))
+        .add_service(TransactionsServer::new(api.clone()))
         .add_service(PoliciesServer::new(api).max_decoding_message_size(max_upload)))
 }
 

@@ -299,6 +299,16 @@ pub fn to_status(error: &Error) -> Status {
             details.set_error_info("INTERNAL", DOMAIN, HashMap::new());
             Code::Internal
         }
+        Error::InOperation { index, error } => {
+            let inner = to_status(error);
+            let mut details = inner.get_error_details();
+            if let Some(info) = details.error_info().cloned() {
+                let mut metadata = info.metadata;
+                metadata.insert("operation_index".into(), index.to_string());
+                details.set_error_info(info.reason, info.domain, metadata);
+            }
+            return Status::with_error_details(inner.code(), message, details);
+        }
     };
     Status::with_error_details(code, message, details)
 }

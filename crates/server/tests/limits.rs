@@ -12,7 +12,7 @@ use std::time::Duration;
 use arbiter_api::v1::{DeleteVirtualMachineRequest, GetVirtualMachineRequest};
 use arbiter_core::QuotaRule;
 use arbiter_server::limits::RateLimitRule;
-use arbiter_store::testing::{Etcd, unique_prefix};
+use arbiter_store::testing::Etcd;
 use common::*;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -99,16 +99,8 @@ async fn the_last_quota_slot_goes_to_exactly_one_of_64_creates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_last_quota_slot_goes_to_exactly_one_across_replicas_on_etcd() {
     let etcd = Etcd::start();
-    let prefix = unique_prefix();
-    let on_etcd = |c: &mut arbiter_server::Config| {
-        c.store = arbiter_server::config::StoreKind::Etcd;
-        c.etcd_endpoints = etcd.endpoints();
-        c.etcd_prefix = prefix.clone();
-        c.quotas = vec![quota("*", 100), quota("acme", 12)];
-    };
-    let first = TestServer::start_with(on_etcd).await;
-    let second = TestServer::start_with(on_etcd).await;
-    race_for_the_last_slot(&[&first, &second], 12).await;
+    let servers = replicas_on_etcd(&etcd, 2, |c| c.quotas = vec![quota("*", 100), quota("acme", 12)]).await;
+    race_for_the_last_slot(&[&servers[0], &servers[1]], 12).await;
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! [`Engine`], map the error — so one macro writes them for all kinds.
 
 mod changes;
+mod transactions;
 
 use std::sync::Arc;
 
@@ -11,8 +12,8 @@ use arbiter_api::v1::{
     virtual_machines_server::VirtualMachines, *,
 };
 use arbiter_core::{
-    Caller, CreateRequest, DeleteRequest, Engine, Error, Kind, ListRequest, RequestId, Resource,
-    TransitionRequest, UpdateRequest,
+    Caller, CreateRequest, DeleteRequest, Engine, Error, ListRequest, RequestId, Resource, TransitionRequest,
+    UpdateRequest,
 };
 use arbiter_store::Store;
 use prost::Message;
@@ -67,7 +68,7 @@ impl<S> Clone for Api<S> {
 
 /// The response, or the error's status; conflicts are counted by kind and
 /// reason.
-fn reply<T>(kind: &'static Kind, result: Result<T, Error>) -> Result<Response<T>, Status> {
+fn reply<T>(kind: &str, result: Result<T, Error>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(|e| {
         let status = to_status(&e);
         if matches!(
@@ -79,7 +80,7 @@ fn reply<T>(kind: &'static Kind, result: Result<T, Error>) -> Result<Response<T>
                 .error_info()
                 .map(|i| i.reason.clone())
                 .unwrap_or_default();
-            let labels = [("kind", kind.singular.to_string()), ("reason", reason)];
+            let labels = [("kind", kind.to_string()), ("reason", reason)];
             metrics::counter!("arbiter_conflicts_total", &labels).increment(1);
         }
         status
@@ -114,13 +115,13 @@ macro_rules! resource_service {
                     request_id,
                     validate_only: req.validate_only,
                 };
-                reply(<$ty as Resource>::KIND, self.engine.$create_with(&caller, create).await)
+                reply(<$ty as Resource>::KIND.singular, self.engine.$create_with(&caller, create).await)
             }
 
             async fn $get(&self, request: Request<$get_req>) -> Result<Response<$ty>, Status> {
                 let name = request.get_ref().name.clone();
                 let (caller, _, _permit) = self.parts(request, &name)?;
-                reply(<$ty as Resource>::KIND, self.engine.get(&caller, &name).await)
+                reply(<$ty as Resource>::KIND.singular, self.engine.get(&caller, &name).await)
             }
 
             async fn $list(&self, request: Request<$list_req>) -> Result<Response<$list_resp>, Status> {
@@ -133,7 +134,7 @@ macro_rules! resource_service {
                     filter: req.filter,
                 };
                 let page = self.engine.list::<$ty>(&caller, list).await;
-                reply(<$ty as Resource>::KIND, page.map(|p| $list_resp { $items: p.items, next_page_token: p.next_page_token }))
+                reply(<$ty as Resource>::KIND.singular, page.map(|p| $list_resp { $items: p.items, next_page_token: p.next_page_token }))
             }
 
             async fn $update(&self, request: Request<$update_req>) -> Result<Response<$ty>, Status> {
@@ -146,7 +147,7 @@ macro_rules! resource_service {
                     request_id,
                     validate_only: req.validate_only,
                 };
-                reply(<$ty as Resource>::KIND, self.engine.$update_with(&caller, update).await)
+                reply(<$ty as Resource>::KIND.singular, self.engine.$update_with(&caller, update).await)
             }
 
             async fn $delete(&self, request: Request<$delete_req>) -> Result<Response<()>, Status> {
@@ -159,7 +160,7 @@ macro_rules! resource_service {
                     request_id,
                     validate_only: req.validate_only,
                 };
-                reply(<$ty as Resource>::KIND, self.engine.delete::<$ty>(&caller, delete).await)
+                reply(<$ty as Resource>::KIND.singular, self.engine.delete::<$ty>(&caller, delete).await)
             }
 
             $(
@@ -168,7 +169,7 @@ macro_rules! resource_service {
                 let (caller, req, _permit) = self.parts(request, &name)?;
                 let request_id = RequestId::new(req.request_id.clone(), stringify!($verb_fn), &req.encode_to_vec());
                 let transition = TransitionRequest { name: req.name, etag: req.etag, request_id, verb: $verb };
-                reply(<$ty as Resource>::KIND, self.engine.transition(&caller, transition).await)
+                reply(<$ty as Resource>::KIND.singular, self.engine.transition(&caller, transition).await)
             }
             )*
         }

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 use arbiter_api::v1::{
     changes_client::ChangesClient, policies_client::PoliciesClient, prompts_client::PromptsClient,
-    users_client::UsersClient, virtual_machines_client::VirtualMachinesClient,
+    transactions_client::TransactionsClient, users_client::UsersClient,
+    virtual_machines_client::VirtualMachinesClient,
 };
 use arbiter_server::{Config, Running};
 use tonic::metadata::MetadataValue;
@@ -144,6 +145,10 @@ impl TestServer {
         ChangesClient::with_interceptor(self.channel.clone(), Self::bearer(token))
     }
 
+    pub fn transactions(&self, token: &str) -> TransactionsClient<Authed> {
+        TransactionsClient::with_interceptor(self.channel.clone(), Self::bearer(token))
+    }
+
     pub fn http_base(&self) -> String {
         format!("http://{}", self.running.as_ref().unwrap().http_addr)
     }
@@ -197,6 +202,28 @@ pub fn increment_count(
         }),
         ..Default::default()
     }
+}
+
+/// `count` replicas sharing one fresh prefix of `etcd`, each with the
+/// config `adjust` changes.
+pub async fn replicas_on_etcd(
+    etcd: &arbiter_store::testing::Etcd,
+    count: usize,
+    adjust: impl Fn(&mut Config),
+) -> Vec<TestServer> {
+    let prefix = arbiter_store::testing::unique_prefix();
+    let mut servers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let server = TestServer::start_with(|c| {
+            c.store = arbiter_server::config::StoreKind::Etcd;
+            c.etcd_endpoints = etcd.endpoints();
+            c.etcd_prefix = prefix.clone();
+            adjust(c);
+        })
+        .await;
+        servers.push(server);
+    }
+    servers
 }
 
 /// The `ErrorInfo` reason of a status, empty without one.
