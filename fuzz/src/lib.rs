@@ -59,6 +59,7 @@ fn build() -> Result<Stack, Box<dyn std::error::Error>> {
             &engine,
             &std::sync::Arc::new(arbiter_server::limits::Limiter::unlimited()),
             1 << 20,
+            arbiter_server::services::Closing::never(),
         )?;
         let layer = RequestLayer::new(Arc::new(Tokens::admin(TOKEN)));
         let grpc = GrpcService::new(layer.layer(routes));

@@ -25,7 +25,7 @@ use crate::config::{Config, StoreKind};
 use crate::limits::Limiter;
 use crate::middleware::RequestLayer;
 use crate::readiness::{self, Readiness};
-use crate::services::Api;
+use crate::services::{Api, Closing};
 
 /// How often old changes and expired idempotency records are purged.
 const COMPACT_EVERY: Duration = Duration::from_secs(60);
@@ -229,18 +229,18 @@ struct Settings {
     http: arbiter_http::Options,
 }
 
-/// Every gRPC service added to `routes` (which holds health): one set of
-/// routes that both the gRPC server and the HTTP API (in-process) serve.
-/// The gRPC services of the API on `engine`, added to `routes`: what the
-/// server serves (behind [`RequestLayer`]) and what the HTTP/JSON API
-/// calls in process; the fuzz targets drive the same.
+/// The gRPC services of the API on `engine`, added to `routes` (which
+/// holds health): what the server serves (behind [`RequestLayer`]) and
+/// what the HTTP/JSON API calls in process; the fuzz targets drive the
+/// same. Watches end when `closing` comes.
 pub fn routes(
     routes: tonic::service::Routes,
     engine: &Arc<Engine<AnyStore>>,
     limiter: &Arc<Limiter>,
     max_upload: usize,
+    closing: Closing,
 ) -> anyhow::Result<tonic::service::Routes> {
-    let api = Api::new(Arc::clone(engine), Arc::clone(limiter));
+    let api = Api::new(Arc::clone(engine), Arc::clone(limiter), closing);
     Ok(routes
         .add_service(reflection_builder().build_v1()?)
         .add_service(reflection_builder().build_v1alpha()?)
@@ -270,11 +270,13 @@ async fn serve(
         Arc::clone(&ready),
     ));
     let follow_abort = follow.abort_handle();
+    let (close_streams, closing) = Closing::new();
     let routes = routes(
         tonic::service::Routes::new(health),
         &engine,
         &settings.limiter,
         settings.max_upload,
+        closing,
     )?;
     let sweep = tokio::spawn(Arc::clone(&settings.limiter).sweep());
     let tokens = Arc::new(tokens);
@@ -313,6 +315,7 @@ async fn serve(
         let draining = Arc::clone(&draining);
         async move {
             let _ = stopped.await;
+            let _ = close_streams.send(true);
             follow_abort.abort();
             readiness::report(&reporter, false).await;
             tracing::info!("shutting down: finishing requests in flight");

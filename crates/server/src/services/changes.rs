@@ -40,7 +40,11 @@ impl<S: Store> Changes for Api<S> {
             .await
             .map_err(|e| to_status(&e))?;
         metrics::gauge!("arbiter_watchers").increment(1.0);
-        let stream = feed.map(|item| item.map_err(|e| to_status(&e)));
+        // A shutdown ends the stream cleanly: the client resumes from its
+        // last revision, here after a restart or on another replica.
+        let stream = feed
+            .map(|item| item.map_err(|e| to_status(&e)))
+            .take_until(Box::pin(self.closing.clone().closed()));
         Ok(Response::new(Box::pin(Counted(stream))))
     }
 

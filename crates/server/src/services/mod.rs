@@ -23,17 +23,52 @@ use tonic_types::StatusExt;
 use crate::limits::{Limiter, Permit};
 use crate::status::to_status;
 
+/// Tells the streams the API serves (watches) that the server is
+/// shutting down, so that they end at once and their clients resume on
+/// another replica instead of holding the shutdown up.
+#[derive(Debug, Clone)]
+pub struct Closing(Option<tokio::sync::watch::Receiver<bool>>);
+
+impl Closing {
+    /// A signal and its sender: send `true` to close.
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, Self) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Self(Some(rx)))
+    }
+
+    /// A signal that never comes.
+    pub fn never() -> Self {
+        Self(None)
+    }
+
+    /// Resolves when the server starts shutting down.
+    pub async fn closed(self) {
+        if let Some(mut rx) = self.0
+            && rx.wait_for(|closing| *closing).await.is_ok()
+        {
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
+}
+
 /// The API handlers over an engine.
 #[derive(Debug)]
 pub struct Api<S> {
     engine: Arc<Engine<S>>,
     limiter: Arc<Limiter>,
+    closing: Closing,
 }
 
 impl<S> Api<S> {
-    /// Handlers over `engine`, each request within `limiter`'s limits.
-    pub fn new(engine: Arc<Engine<S>>, limiter: Arc<Limiter>) -> Self {
-        Self { engine, limiter }
+    /// Handlers over `engine`, each request within `limiter`'s limits;
+    /// their streams end when `closing` comes.
+    pub fn new(engine: Arc<Engine<S>>, limiter: Arc<Limiter>, closing: Closing) -> Self {
+        Self {
+            engine,
+            limiter,
+            closing,
+        }
     }
 
     /// Splits a request into the authenticated caller and the message,
@@ -62,6 +97,7 @@ impl<S> Clone for Api<S> {
         Self {
             engine: Arc::clone(&self.engine),
             limiter: Arc::clone(&self.limiter),
+            closing: self.closing.clone(),
         }
     }
 }
