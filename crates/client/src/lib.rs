@@ -8,6 +8,8 @@
 //! - [`Client::update_with`]: read, change, write with the etag, and on
 //!   `ETAG_MISMATCH` read again and re-apply, with jittered exponential
 //!   backoff; waits as `RetryInfo` asks when rate limited.
+//! - [`merge`]: the fields two versions differ in, and the merge of an
+//!   edit onto a newer version when the edits do not overlap.
 //! - [`Client::watch`]: a stream of changes that resumes by itself after a
 //!   disconnect and starts again from a fresh listing when its revision was
 //!   compacted.
@@ -28,6 +30,7 @@
 //! ```
 
 mod error;
+pub mod merge;
 mod resource;
 mod retry;
 mod watch;

@@ -13,7 +13,10 @@ use prost_types::FieldMask;
 use crate::{Client, Error};
 
 /// A resource with a get and an update method.
-pub trait Resource: Clone + Send + Sync + Sized + 'static {
+pub trait Resource: prost::Message + Default + Clone + Send + Sync + Sized + 'static {
+    /// Its full protobuf type name, e.g. `arbiter.v1.VirtualMachine`.
+    const TYPE_NAME: &'static str;
+
     /// Its full name.
     fn name(&self) -> &str;
     /// Its etag.
@@ -32,8 +35,10 @@ fn mask(paths: &[&str]) -> Option<FieldMask> {
 }
 
 macro_rules! resource {
-    ($ty:ty, $service:ident, $get:ident($get_req:ident), $update:ident($update_req:ident { $field:ident })) => {
+    ($ty:ty = $type_name:literal, $service:ident, $get:ident($get_req:ident), $update:ident($update_req:ident { $field:ident })) => {
         impl Resource for $ty {
+            const TYPE_NAME: &'static str = $type_name;
+
             fn name(&self) -> &str {
                 &self.name
             }
@@ -62,25 +67,25 @@ macro_rules! resource {
 }
 
 resource!(
-    VirtualMachine,
+    VirtualMachine = "arbiter.v1.VirtualMachine",
     vms,
     get_virtual_machine(GetVirtualMachineRequest),
     update_virtual_machine(UpdateVirtualMachineRequest { vm })
 );
 resource!(
-    User,
+    User = "arbiter.v1.User",
     users,
     get_user(GetUserRequest),
     update_user(UpdateUserRequest { user })
 );
 resource!(
-    Prompt,
+    Prompt = "arbiter.v1.Prompt",
     prompts,
     get_prompt(GetPromptRequest),
     update_prompt(UpdatePromptRequest { prompt })
 );
 resource!(
-    Policy,
+    Policy = "arbiter.v1.Policy",
     policies,
     get_policy(GetPolicyRequest),
     update_policy(UpdatePolicyRequest { policy })

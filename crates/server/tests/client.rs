@@ -9,6 +9,7 @@ mod common;
 
 use std::time::Duration;
 
+use arbiter_client::merge::{Merge, merge};
 use arbiter_client::{Class, Client, Error, Resource as _, v1};
 use arbiter_core::kinds::VM;
 use arbiter_core::{Current, Denial, DenialKind, Fault, FaultKind, FieldViolation};
@@ -508,5 +509,88 @@ async fn the_watch_resumes_across_a_server_restart_without_gaps_or_repeats() {
     }
     assert_eq!(names, ["tenants/acme/vms/b", "tenants/acme/vms/c"]);
     drop(watch);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_fields_are_exact_and_merges_are_decided_after_compaction_too() {
+    let server = TestServer::start().await;
+    let alice = client(&server, "acme-editor").await;
+    let bob = client(&server, "acme-editor-2").await;
+    let base = alice
+        .vms()
+        .create_virtual_machine(labelled_in("acme", "web", &[("env", "dev")]))
+        .await
+        .unwrap()
+        .into_inner();
+    // Bob changes a scalar field and a label, then starts the VM.
+    bob.update_with(
+        &base.name,
+        &["display_name", "labels.env"],
+        |vm: &mut v1::VirtualMachine| {
+            vm.display_name = "Bob's".into();
+            vm.labels.insert("env".into(), "prod".into());
+        },
+    )
+    .await
+    .unwrap();
+    bob.vms()
+        .start_virtual_machine(v1::StartVirtualMachineRequest {
+            name: base.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // Alice's write from the base version learns exactly what changed.
+    let mut mine = base.clone();
+    mine.labels.insert("owner".into(), "alice".into());
+    let e = mine.clone().update(&alice, &["labels.owner"]).await.unwrap_err();
+    let Error::EtagMismatch {
+        changed_fields: Some(changed),
+        ..
+    } = &e
+    else {
+        panic!("{e:?}");
+    };
+    assert_eq!(changed, &["display_name", "state", "labels.env"]);
+    let theirs: v1::VirtualMachine = alice.get(&base.name).await.unwrap();
+    let Merge::Merged { resource, mask } = merge(&base, &mine, &theirs, Some(changed)).unwrap() else {
+        panic!("disjoint changes merge");
+    };
+    let masks: Vec<&str> = mask.iter().map(String::as_str).collect();
+    let merged = resource.update(&alice, &masks).await.unwrap();
+    assert_eq!(merged.labels["owner"], "alice");
+    assert_eq!(merged.labels["env"], "prod");
+    assert_eq!(merged.display_name, "Bob's");
+    assert_eq!(merged.state, v1::virtual_machine::State::Running as i32);
+
+    // Once the base revision is compacted away, the server cannot say what
+    // changed; comparing the versions decides the same way.
+    compact_all(&server).await;
+    let mut mine = base.clone();
+    mine.labels.insert("env".into(), "staging".into());
+    let e = mine.clone().update(&alice, &["labels.env"]).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::EtagMismatch {
+                changed_fields: None,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let theirs: v1::VirtualMachine = alice.get(&base.name).await.unwrap();
+    assert_eq!(
+        merge(&base, &mine, &theirs, None).unwrap(),
+        Merge::Overlap(vec!["labels.env".into()])
+    );
+    let mut disjoint = base.clone();
+    disjoint.image = "debian-13".into();
+    assert!(matches!(
+        merge(&base, &disjoint, &theirs, None).unwrap(),
+        Merge::Merged { .. }
+    ));
     server.stop().await;
 }

@@ -13,7 +13,6 @@ use arbiter_api::v1::{
     Change, ListRevisionsRequest, StartVirtualMachineRequest, UpdateVirtualMachineRequest,
     WatchChangesRequest, change,
 };
-use arbiter_store::Store;
 use common::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -247,15 +246,7 @@ async fn a_compacted_start_is_out_of_range_with_the_oldest_revision() {
         .await
         .unwrap()
         .into_inner();
-    let engine = &server.running.as_ref().unwrap().engine;
-    let now = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap();
-    let oldest = engine.store().compact(now + 1, now).await.unwrap();
+    let oldest = compact_all(&server).await;
     let f = expect_failure(
         server
             .changes("acme-viewer")

@@ -226,6 +226,21 @@ pub async fn replicas_on_etcd(
     servers
 }
 
+/// Compacts the server's change log up to now, as if the retention had
+/// passed; returns the oldest revision still retained.
+pub async fn compact_all(server: &TestServer) -> u64 {
+    use arbiter_store::Store;
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let engine = &server.running.as_ref().unwrap().engine;
+    engine.store().compact(now + 1, now).await.unwrap()
+}
+
 /// The `ErrorInfo` reason of a status, empty without one.
 pub fn reason(status: &Status) -> String {
     status
