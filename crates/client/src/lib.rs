@@ -31,6 +31,7 @@
 
 mod error;
 pub mod merge;
+mod raw;
 mod resource;
 mod retry;
 mod watch;

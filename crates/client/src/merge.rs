@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use prost::Message;
-use prost_reflect::{DynamicMessage, MapKey, MessageDescriptor, Value};
+use prost_reflect::{DynamicMessage, MapKey, MessageDescriptor, ReflectMessage, Value};
 
 use crate::{Error, Resource};
 
@@ -39,13 +39,20 @@ fn dynamic<R: Resource>(descriptor: &MessageDescriptor, r: &R) -> Result<Dynamic
 /// each scalar field by name, `state`, and each label as `labels.KEY`.
 pub fn changed_fields<R: Resource>(before: &R, after: &R) -> Result<Vec<String>, Error> {
     let descriptor = descriptor::<R>()?;
-    let (b, a) = (dynamic(&descriptor, before)?, dynamic(&descriptor, after)?);
+    Ok(changed_messages(
+        &dynamic(&descriptor, before)?,
+        &dynamic(&descriptor, after)?,
+    ))
+}
+
+/// [`changed_fields`] of two messages of one resource type.
+pub fn changed_messages(before: &DynamicMessage, after: &DynamicMessage) -> Vec<String> {
     let mut changed = Vec::new();
-    for field in descriptor.fields() {
+    for field in before.descriptor().fields() {
         if OUTPUT_ONLY.contains(&field.name()) {
             continue;
         }
-        let (x, y) = (b.get_field(&field), a.get_field(&field));
+        let (x, y) = (before.get_field(&field), after.get_field(&field));
         match (x.as_map(), y.as_map()) {
             (Some(x), Some(y)) => {
                 let keys: BTreeSet<&MapKey> = x.keys().chain(y.keys()).collect();
@@ -60,7 +67,7 @@ pub fn changed_fields<R: Resource>(before: &R, after: &R) -> Result<Vec<String>,
             _ => {}
         }
     }
-    Ok(changed)
+    changed
 }
 
 /// The outcome of [`merge`].
@@ -111,8 +118,16 @@ pub fn merge<R: Resource>(
 /// `onto` with the `fields` of `from`.
 pub fn apply<R: Resource>(fields: &[String], from: &R, onto: &R) -> Result<R, Error> {
     let descriptor = descriptor::<R>()?;
-    let source = dynamic(&descriptor, from)?;
     let mut target = dynamic(&descriptor, onto)?;
+    apply_messages(fields, &dynamic(&descriptor, from)?, &mut target);
+    R::decode(target.encode_to_vec().as_slice())
+        .map_err(|e| Error::Transport(format!("merging a {}: {e}", R::TYPE_NAME)))
+}
+
+/// [`apply`] on two messages of one resource type: sets the `fields` of
+/// `target` (names as [`changed_messages`] gives them) to those of `source`.
+pub fn apply_messages(fields: &[String], source: &DynamicMessage, target: &mut DynamicMessage) {
+    let descriptor = target.descriptor();
     for path in fields {
         let (name, key) = match path.split_once('.') {
             Some((name, key)) => (name, Some(key)),
@@ -138,8 +153,6 @@ pub fn apply<R: Resource>(fields: &[String], from: &R, onto: &R) -> Result<R, Er
             None => target.set_field(&field, source.get_field(&field).into_owned()),
         }
     }
-    R::decode(target.encode_to_vec().as_slice())
-        .map_err(|e| Error::Transport(format!("merging a {}: {e}", R::TYPE_NAME)))
 }
 
 #[cfg(test)]

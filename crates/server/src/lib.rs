@@ -14,6 +14,7 @@
 //! - [`telemetry`]: `tracing` setup.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod limits;
 pub mod metrics;

@@ -5,13 +5,18 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use arbiter_server::cli::{
+    ClientCommand, Connection, OnConflict, PolicyFields, PromptCommand, UserCommand, Verb, VmCommand,
+};
 use arbiter_server::config::{Config, ServeArgs, StoreKind};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Arbiter: a gRPC control plane for uniquely named resources.
 #[derive(Debug, Parser)]
 #[command(name = "arbiter", version, about)]
 struct Cli {
+    #[command(flatten)]
+    connection: Connection,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,15 +46,75 @@ enum Command {
         #[arg(long, env = "ARBITER_ETCD_PREFIX", default_value = "/arbiter")]
         etcd_prefix: String,
     },
-    /// Work with policy modules.
+    /// Virtual machines: create, get, list, update, delete, start, stop.
+    Vm {
+        #[command(subcommand)]
+        command: VmCommand,
+    },
+    /// Users: create, get, list, update, delete, activate, suspend.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Prompts: create, get, list, update, delete, publish, archive.
+    Prompt {
+        #[command(subcommand)]
+        command: PromptCommand,
+    },
+    /// Policies: create, get, list, update, delete; test a module locally.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Commit a transaction: a CommitTransactionRequest as YAML (proto
+    /// field names).
+    Tx {
+        /// The YAML file.
+        file: PathBuf,
+    },
+    /// Follow a tenant's changes as they happen (resumes by itself).
+    Watch {
+        /// `tenants/{tenant}`.
+        parent: String,
+        /// Collections to follow, comma-separated (default: every one).
+        #[arg(long, value_delimiter = ',')]
+        collections: Vec<String>,
+        /// First revision to show (default: from now on).
+        #[arg(long, default_value_t = 0)]
+        start_revision: u64,
+        /// First every current object, then the changes.
+        #[arg(long)]
+        send_initial: bool,
+        /// Only changes whose object matches this filter.
+        #[arg(long, default_value = "")]
+        filter: String,
+    },
+    /// A resource's history: who changed what, when, newest first.
+    History {
+        /// The resource's full name.
+        name: String,
+    },
+    /// Edit a resource in $EDITOR as YAML; on a conflict, merge,
+    /// overwrite, edit again or discard.
+    Edit {
+        /// The resource's full name.
+        name: String,
+        /// Resolve a conflict without asking.
+        #[arg(long, value_enum)]
+        on_conflict: Option<OnConflict>,
+    },
+    /// Print shell completions.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
 enum PolicyCommand {
+    #[command(flatten)]
+    Verb(Verb<PolicyFields>),
     /// Run a YAML file of request -> expected decision cases against a
     /// module; exits non-zero if any case fails.
     Test {
@@ -61,7 +126,21 @@ enum PolicyCommand {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Help and version are answers; anything else is a usage error.
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let client =
+        |command| block_on(async { Ok(arbiter_server::cli::run(cli.connection.clone(), command).await) });
+    match cli.command {
         Command::Serve(args) => block_on(serve(*args)),
         Command::Check {
             data_dir,
@@ -78,6 +157,32 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Test { module, cases },
         } => report(policy_test(&module, &cases)),
+        Command::Policy {
+            command: PolicyCommand::Verb(verb),
+        } => client(ClientCommand::Policy(verb)),
+        Command::Vm { command } => client(ClientCommand::Vm(command)),
+        Command::User { command } => client(ClientCommand::User(command)),
+        Command::Prompt { command } => client(ClientCommand::Prompt(command)),
+        Command::Tx { file } => client(ClientCommand::Tx { file }),
+        Command::Watch {
+            parent,
+            collections,
+            start_revision,
+            send_initial,
+            filter,
+        } => client(ClientCommand::Watch {
+            parent,
+            collections,
+            start_revision,
+            send_initial,
+            filter,
+        }),
+        Command::History { name } => client(ClientCommand::History { name }),
+        Command::Edit { name, on_conflict } => client(ClientCommand::Edit { name, on_conflict }),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "arbiter", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
     }
 }
 
