@@ -1,4 +1,5 @@
-//! Arbiter clients: native gRPC and the HTTP/JSON API.
+//! Arbiter clients: native gRPC (on `arbiter-client`, so that the client
+//! library runs under load) and the HTTP/JSON API.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -6,90 +7,90 @@ use std::sync::Arc;
 use anyhow::Context;
 use arbiter_api::v1::{
     CreateVirtualMachineRequest, GetVirtualMachineRequest, ListVirtualMachinesRequest,
-    UpdateVirtualMachineRequest, VirtualMachine, virtual_machines_client::VirtualMachinesClient,
+    UpdateVirtualMachineRequest, VirtualMachine, operation::Operation,
 };
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use arbiter_client::{Class, Error};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{OpResult, Outcome, Payload, bump};
 
-/// Maps a gRPC status to the benchmark's outcome: ALREADY_EXISTS and
-/// ABORTED are conflicts, anything else an error.
-fn outcome(result: Result<(), tonic::Status>) -> OpResult {
+/// Maps a failure to the benchmark's outcome: taken names and stale etags
+/// (ALREADY_EXISTS, ABORTED) are conflicts, anything else an error.
+fn outcome<T>(result: Result<T, Error>) -> OpResult {
     match result {
-        Ok(()) => Ok(Outcome::Ok { retries: 0 }),
-        Err(s) if matches!(s.code(), tonic::Code::AlreadyExists | tonic::Code::Aborted) => {
+        Ok(_) => Ok(Outcome::Ok { retries: 0 }),
+        Err(e @ (Error::AlreadyExists { .. } | Error::EtagMismatch { .. }))
+            if e.class() == Class::Conflict =>
+        {
             Ok(Outcome::Conflict { retries: 0 })
         }
-        Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
+        Err(e) => Err(e.to_string()),
     }
 }
 
 /// One HTTP/2 connection to Arbiter's gRPC port.
 #[derive(Clone)]
 pub struct Grpc {
-    channel: Channel,
-    token: MetadataValue<Ascii>,
+    client: arbiter_client::Client,
     payload: Arc<Payload>,
 }
 
 impl Grpc {
     pub async fn connect(target: &str, token: &str, payload: Arc<Payload>) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(target.to_string())?
-            .connect()
+        let client = arbiter_client::Client::connect(target, Some(token))
             .await
             .with_context(|| format!("cannot connect to {target}"))?;
-        let token = format!("Bearer {token}")
-            .parse()
-            .context("the token is not a valid header value")?;
-        Ok(Self {
-            channel,
-            token,
-            payload,
-        })
+        Ok(Self { client, payload })
     }
 
-    fn vms(&self) -> VirtualMachinesClient<Channel> {
-        VirtualMachinesClient::new(self.channel.clone())
-    }
-
-    fn authed<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request.metadata_mut().insert("authorization", self.token.clone());
-        request
-    }
-
-    pub async fn create(&self, tenant: &str, id: &str) -> OpResult {
-        let request = self.authed(CreateVirtualMachineRequest {
+    fn create_request(&self, tenant: &str, id: &str) -> CreateVirtualMachineRequest {
+        CreateVirtualMachineRequest {
             parent: format!("tenants/{tenant}"),
             vm_id: id.to_string(),
             vm: Some(self.payload.vm(String::new())),
             ..Default::default()
-        });
-        outcome(self.vms().create_virtual_machine(request).await.map(drop))
+        }
     }
 
-    async fn fetch(&self, tenant: &str, id: &str) -> Result<VirtualMachine, tonic::Status> {
+    pub async fn create(&self, tenant: &str, id: &str) -> OpResult {
+        let request = self.create_request(tenant, id);
+        outcome(
+            self.client
+                .vms()
+                .create_virtual_machine(request)
+                .await
+                .map_err(Error::from),
+        )
+    }
+
+    /// Creates every VM of `ids` in one transaction.
+    pub async fn create_all(&self, tenant: &str, ids: &[String]) -> OpResult {
+        let operations = ids
+            .iter()
+            .map(|id| Operation::CreateVirtualMachine(self.create_request(tenant, id)))
+            .collect();
+        outcome(self.client.commit(&format!("tenants/{tenant}"), operations).await)
+    }
+
+    async fn fetch(&self, tenant: &str, id: &str) -> Result<VirtualMachine, Error> {
         let name = format!("tenants/{tenant}/vms/{id}");
-        self.vms()
-            .get_virtual_machine(self.authed(GetVirtualMachineRequest { name }))
+        self.client
+            .vms()
+            .get_virtual_machine(GetVirtualMachineRequest { name })
             .await
             .map(tonic::Response::into_inner)
+            .map_err(Error::from)
     }
 
     pub async fn get(&self, tenant: &str, id: &str) -> OpResult {
-        outcome(self.fetch(tenant, id).await.map(drop))
+        outcome(self.fetch(tenant, id).await)
     }
 
     /// One read-modify-write of the counter; `Ok(false)` on a stale etag.
     pub async fn try_update(&self, tenant: &str, id: &str) -> Result<bool, String> {
-        let mut vm = self
-            .fetch(tenant, id)
-            .await
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+        let mut vm = self.fetch(tenant, id).await.map_err(|e| e.to_string())?;
         bump(&mut vm.labels);
-        let request = self.authed(UpdateVirtualMachineRequest {
+        let request = UpdateVirtualMachineRequest {
             update_mask: Some(prost_types::FieldMask {
                 paths: vec!["labels".into()],
             }),
@@ -100,20 +101,32 @@ impl Grpc {
                 ..Default::default()
             }),
             ..Default::default()
-        });
-        match outcome(self.vms().update_virtual_machine(request).await.map(drop))? {
+        };
+        let result = self
+            .client
+            .vms()
+            .update_virtual_machine(request)
+            .await
+            .map_err(Error::from);
+        match outcome(result)? {
             Outcome::Ok { .. } => Ok(true),
             Outcome::Conflict { .. } => Ok(false),
         }
     }
 
     pub async fn list(&self, tenant: &str, page_size: i32) -> OpResult {
-        let request = self.authed(ListVirtualMachinesRequest {
+        let request = ListVirtualMachinesRequest {
             parent: format!("tenants/{tenant}"),
             page_size,
             ..Default::default()
-        });
-        outcome(self.vms().list_virtual_machines(request).await.map(drop))
+        };
+        outcome(
+            self.client
+                .vms()
+                .list_virtual_machines(request)
+                .await
+                .map_err(Error::from),
+        )
     }
 
     pub async fn noop(&self) -> OpResult {
@@ -121,10 +134,10 @@ impl Grpc {
             service: String::new(),
         };
         outcome(
-            HealthClient::new(self.channel.clone())
+            HealthClient::new(self.client.channel())
                 .check(check)
                 .await
-                .map(drop),
+                .map_err(Error::from),
         )
     }
 
@@ -132,7 +145,7 @@ impl Grpc {
         self.fetch(tenant, id)
             .await
             .map(|vm| vm.labels)
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+            .map_err(|e| e.to_string())
     }
 }
 

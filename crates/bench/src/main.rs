@@ -68,6 +68,9 @@ enum Scenario {
     Mixed,
     /// Health check: the ceiling of a unary call.
     Noop,
+    /// Transactions of `--tx-size` creates of fresh names (gRPC only);
+    /// one operation is one transaction.
+    TxCreate,
 }
 
 impl Scenario {
@@ -77,7 +80,7 @@ impl Scenario {
             Self::UpdateCas => 8,
             Self::Get | Self::Mixed => 1000,
             Self::List => 100,
-            Self::CreateUnique | Self::CreateContended | Self::Noop => 0,
+            Self::CreateUnique | Self::CreateContended | Self::Noop | Self::TxCreate => 0,
         }
     }
 }
@@ -140,6 +143,9 @@ struct Args {
     /// Attempts of one update-cas operation before it gives up.
     #[arg(long, default_value_t = 1000)]
     max_attempts: u32,
+    /// Creates in one transaction of the tx-create scenario (1 to 100).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100))]
+    tx_size: u64,
     /// Names of this run's VMs start with this (default: `r` + process id).
     #[arg(long)]
     run_id: Option<String>,
@@ -251,6 +257,13 @@ impl Client {
         }
     }
 
+    async fn create_all(&self, tenant: &str, ids: &[String]) -> OpResult {
+        match self {
+            Self::Grpc(c) => c.create_all(tenant, ids).await,
+            Self::Http(_) | Self::Etcd(_) => Err("tx-create runs on Arbiter over gRPC only".into()),
+        }
+    }
+
     async fn get(&self, tenant: &str, id: &str) -> OpResult {
         match self {
             Self::Grpc(c) => c.get(tenant, id).await,
@@ -334,6 +347,7 @@ struct Plan {
     racers: u64,
     page_size: i32,
     max_attempts: u32,
+    tx_size: u64,
     /// Numbers fresh creates of the mixed scenario.
     fresh: AtomicU64,
 }
@@ -387,6 +401,12 @@ impl Plan {
                 }
             },
             Scenario::Noop => client.noop().await,
+            Scenario::TxCreate => {
+                let ids: Vec<String> = (0..self.tx_size)
+                    .map(|i| format!("{}-{n}-t{i}", self.run))
+                    .collect();
+                client.create_all(&self.tenant(n), &ids).await
+            }
         }
     }
 }
@@ -473,7 +493,7 @@ async fn prepare(clients: &[Client], plan: &Arc<Plan>) -> anyhow::Result<()> {
     if plan.keys == 0
         || matches!(
             plan.scenario,
-            Scenario::CreateUnique | Scenario::CreateContended | Scenario::Noop
+            Scenario::CreateUnique | Scenario::CreateContended | Scenario::Noop | Scenario::TxCreate
         )
     {
         return Ok(());
@@ -572,6 +592,7 @@ async fn main() -> anyhow::Result<()> {
         racers: args.racers.unwrap_or(args.concurrency as u64).max(1),
         page_size: args.page_size,
         max_attempts: args.max_attempts,
+        tx_size: args.tx_size,
         fresh: AtomicU64::new(0),
     });
     if !args.prepared {

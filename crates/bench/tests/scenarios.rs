@@ -84,6 +84,29 @@ async fn scenarios_keep_their_promises_over_grpc_and_http() {
         }
     }
 
+    // Transactions of 10 creates: every one commits, and all 500 VMs exist.
+    let report = run(
+        "grpc",
+        "tx-create",
+        &["--count", "50", "--tx-size", "10", "--tenant", "tx"],
+    )
+    .await;
+    assert_eq!(report["ok"], 50, "{report}");
+    let client = arbiter_client::Client::connect(&format!("http://{}", running.grpc_addr), Some(&token))
+        .await
+        .unwrap();
+    let listed = client
+        .vms()
+        .list_virtual_machines(arbiter_api::v1::ListVirtualMachinesRequest {
+            parent: "tenants/tx".into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.vms.len(), 500);
+
     // A second run reads the first one's keys back with --prepared.
     let keys: &[&str] = &["--count", "50", "--keys", "10", "--run-id", "again"];
     run("grpc", "get", keys).await;

@@ -136,6 +136,11 @@ impl Client {
         })
     }
 
+    /// The channel underneath, for services outside the API (health).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// The `VirtualMachines` service.
     pub fn vms(&self) -> VirtualMachinesClient<Authed> {
         VirtualMachinesClient::with_interceptor(self.channel.clone(), self.bearer.clone())

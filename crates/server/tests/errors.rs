@@ -175,166 +175,294 @@ async fn stale_etag_is_aborted_with_the_current_etag() {
     server.stop().await;
 }
 
+/// What a step of a lifecycle walk must answer.
+enum Then {
+    /// Success, with these fields of the resource in the answer.
+    Ok(&'static [(&'static str, &'static str)]),
+    /// This code and reason, with this metadata; `check` asserts more.
+    Fails {
+        code: Code,
+        reason: &'static str,
+        metadata: &'static [(&'static str, &'static str)],
+        check: fn(&Failure),
+    },
+}
+
+/// One call of a lifecycle walk: `method` of the kind's service with the
+/// request `request(name)` (proto JSON).
+struct Step {
+    method: &'static str,
+    request: fn(&str) -> serde_json::Value,
+    then: Then,
+}
+
+fn named(name: &str) -> serde_json::Value {
+    serde_json::json!({ "name": name })
+}
+
+const fn fails(code: Code, reason: &'static str, metadata: &'static [(&'static str, &'static str)]) -> Then {
+    Then::Fails {
+        code,
+        reason,
+        metadata,
+        check: |_| {},
+    }
+}
+
+/// Calls each step of `steps` on the resource `name` of `service`,
+/// asserting what each must answer.
+async fn walk(server: &TestServer, service: &str, name: &str, steps: &[Step]) {
+    let pool = arbiter_api::json::pool().unwrap();
+    let service = pool
+        .get_service_by_name(&format!("arbiter.v1.{service}"))
+        .unwrap();
+    for (i, step) in steps.iter().enumerate() {
+        let method = service.methods().find(|m| m.name() == step.method).unwrap();
+        let request =
+            prost_reflect::DynamicMessage::deserialize(method.input(), (step.request)(name)).unwrap();
+        let path = format!("/{}/{}", service.full_name(), method.name());
+        let result = raw_unary(
+            server.channel.clone(),
+            &path,
+            prost::Message::encode_to_vec(&request),
+        )
+        .await;
+        let what = format!("step {i}, {}", step.method);
+        match &step.then {
+            Then::Ok(fields) => {
+                let body = result.unwrap_or_else(|s| panic!("{what}: {s:?}")).into_inner();
+                let answer = prost_reflect::DynamicMessage::decode(method.output(), body.as_slice()).unwrap();
+                let answer = serde_json::to_value(&answer).unwrap();
+                for (field, value) in *fields {
+                    assert_eq!(answer[field], *value, "{what}: {answer}");
+                }
+            }
+            Then::Fails {
+                code,
+                reason,
+                metadata,
+                check,
+            } => {
+                let f = failure(result);
+                assert_eq!(
+                    (f.code, f.reason.as_str()),
+                    (*code, *reason),
+                    "{what}: {}",
+                    f.message
+                );
+                assert_eq!(f.domain, "arbiter");
+                for (key, value) in *metadata {
+                    assert_eq!(f.metadata[*key], *value, "{what}: {key}");
+                }
+                check(&f);
+            }
+        }
+    }
+}
+
+const VM: &str = "tenants/acme/vms/web-1";
+
+fn resize(name: &str) -> serde_json::Value {
+    serde_json::json!({"vm": {"name": name, "machineType": "e2-large"}, "updateMask": "machineType"})
+}
+
+/// A VM's lifecycle: transitions, deletion and a field locked while
+/// RUNNING, each refusal FAILED_PRECONDITION with what conflicted.
+const VM_LIFECYCLE: &[Step] = &[
+    Step {
+        method: "StopVirtualMachine",
+        request: named,
+        then: fails(
+            Code::FailedPrecondition,
+            "ALREADY_IN_STATE",
+            &[("current_state", "STOPPED")],
+        ),
+    },
+    Step {
+        method: "StartVirtualMachine",
+        request: named,
+        then: Then::Ok(&[("state", "RUNNING")]),
+    },
+    Step {
+        method: "DeleteVirtualMachine",
+        request: named,
+        then: Then::Fails {
+            code: Code::FailedPrecondition,
+            reason: "INVALID_TRANSITION",
+            metadata: &[("current_state", "RUNNING"), ("allowed_from", "STOPPED")],
+            check: |f| {
+                assert!(
+                    f.message.contains("stop the VM before deleting it"),
+                    "{}",
+                    f.message
+                );
+                let pf = f
+                    .status
+                    .get_error_details()
+                    .precondition_failure()
+                    .cloned()
+                    .expect("PreconditionFailure");
+                assert_eq!(pf.violations[0].subject, VM);
+                assert_eq!(pf.violations[0].r#type, "STATE");
+            },
+        },
+    },
+    // machine_type changes only while STOPPED.
+    Step {
+        method: "UpdateVirtualMachine",
+        request: resize,
+        then: fails(
+            Code::FailedPrecondition,
+            "INVALID_TRANSITION",
+            &[("field", "machine_type"), ("allowed_from", "STOPPED")],
+        ),
+    },
+    // display_name may change while RUNNING.
+    Step {
+        method: "UpdateVirtualMachine",
+        request: |name| serde_json::json!({"vm": {"name": name, "displayName": "Renamed"}}),
+        then: Then::Ok(&[]),
+    },
+    Step {
+        method: "StopVirtualMachine",
+        request: named,
+        then: Then::Ok(&[("state", "STOPPED")]),
+    },
+    Step {
+        method: "UpdateVirtualMachine",
+        request: resize,
+        then: Then::Ok(&[("machineType", "e2-large"), ("displayName", "Renamed")]),
+    },
+    Step {
+        method: "DeleteVirtualMachine",
+        request: named,
+        then: Then::Ok(&[]),
+    },
+    Step {
+        method: "GetVirtualMachine",
+        request: named,
+        then: fails(Code::NotFound, "RESOURCE_NOT_FOUND", &[]),
+    },
+];
+
+/// A user's lifecycle.
+const USER_LIFECYCLE: &[Step] = &[
+    Step {
+        method: "SuspendUser",
+        request: named,
+        then: fails(
+            Code::FailedPrecondition,
+            "INVALID_TRANSITION",
+            &[("allowed_from", "ACTIVE")],
+        ),
+    },
+    Step {
+        method: "ActivateUser",
+        request: named,
+        then: Then::Ok(&[("state", "ACTIVE")]),
+    },
+    Step {
+        method: "DeleteUser",
+        request: named,
+        then: fails(
+            Code::FailedPrecondition,
+            "INVALID_TRANSITION",
+            &[("allowed_from", "PENDING,SUSPENDED")],
+        ),
+    },
+    Step {
+        method: "SuspendUser",
+        request: named,
+        then: Then::Ok(&[("state", "SUSPENDED")]),
+    },
+    Step {
+        method: "ActivateUser",
+        request: named,
+        then: Then::Ok(&[("state", "ACTIVE")]),
+    },
+];
+
+/// A prompt's lifecycle, with fields locked outside DRAFT.
+const PROMPT_LIFECYCLE: &[Step] = &[
+    Step {
+        method: "ArchivePrompt",
+        request: named,
+        then: fails(
+            Code::FailedPrecondition,
+            "INVALID_TRANSITION",
+            &[("current_state", "DRAFT")],
+        ),
+    },
+    Step {
+        method: "PublishPrompt",
+        request: named,
+        then: Then::Ok(&[("state", "PUBLISHED")]),
+    },
+    Step {
+        method: "PublishPrompt",
+        request: named,
+        then: fails(Code::FailedPrecondition, "ALREADY_IN_STATE", &[]),
+    },
+    Step {
+        method: "UpdatePrompt",
+        request: |name| serde_json::json!({"prompt": {"name": name, "template": "Hi"}}),
+        then: fails(
+            Code::FailedPrecondition,
+            "INVALID_TRANSITION",
+            &[("field", "template")],
+        ),
+    },
+    Step {
+        method: "DeletePrompt",
+        request: named,
+        then: fails(Code::FailedPrecondition, "INVALID_TRANSITION", &[]),
+    },
+    Step {
+        method: "ArchivePrompt",
+        request: named,
+        then: Then::Ok(&[("state", "ARCHIVED")]),
+    },
+    Step {
+        method: "PublishPrompt",
+        request: named,
+        then: fails(
+            Code::FailedPrecondition,
+            "INVALID_TRANSITION",
+            &[("current_state", "ARCHIVED")],
+        ),
+    },
+    Step {
+        method: "DeletePrompt",
+        request: named,
+        then: Then::Ok(&[]),
+    },
+];
+
 #[tokio::test]
 async fn lifecycle_conflicts_are_failed_precondition() {
     let server = TestServer::start().await;
-    let mut vms = server.vms("acme-editor");
-    let vm = vms
+    let vm = server
+        .vms("acme-editor")
         .create_virtual_machine(create_vm("web-1"))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(vm.state, virtual_machine::State::Stopped as i32);
-    let name = vm.name.clone();
-    let f = expect_failure(
-        vms.stop_virtual_machine(StopVirtualMachineRequest {
-            name: name.clone(),
-            ..Default::default()
-        })
-        .await,
-        Code::FailedPrecondition,
-        "ALREADY_IN_STATE",
-    );
-    assert_eq!(f.metadata["current_state"], "STOPPED");
-    vms.start_virtual_machine(StartVirtualMachineRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let f = expect_failure(
-        vms.delete_virtual_machine(DeleteVirtualMachineRequest {
-            name: name.clone(),
-            ..Default::default()
-        })
-        .await,
-        Code::FailedPrecondition,
-        "INVALID_TRANSITION",
-    );
-    assert_eq!(f.metadata["current_state"], "RUNNING");
-    assert_eq!(f.metadata["allowed_from"], "STOPPED");
-    assert!(
-        f.message.contains("stop the VM before deleting it"),
-        "{}",
-        f.message
-    );
-    let pf = f
-        .status
-        .get_error_details()
-        .precondition_failure()
-        .cloned()
-        .expect("PreconditionFailure");
-    assert_eq!(pf.violations[0].subject, name);
-    assert_eq!(pf.violations[0].r#type, "STATE");
-    // machine_type changes only while STOPPED.
-    let resize = UpdateVirtualMachineRequest {
-        vm: Some(VirtualMachine {
-            name: name.clone(),
-            machine_type: "e2-large".into(),
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask {
-            paths: vec!["machine_type".into()],
-        }),
-        ..Default::default()
-    };
-    let f = expect_failure(
-        vms.update_virtual_machine(resize.clone()).await,
-        Code::FailedPrecondition,
-        "INVALID_TRANSITION",
-    );
-    assert_eq!(f.metadata["field"], "machine_type");
-    assert_eq!(f.metadata["allowed_from"], "STOPPED");
-    // display_name may change while RUNNING.
-    let rename = UpdateVirtualMachineRequest {
-        vm: Some(VirtualMachine {
-            name: name.clone(),
-            display_name: "Renamed".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    vms.update_virtual_machine(rename).await.unwrap();
-    vms.stop_virtual_machine(StopVirtualMachineRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let resized = vms.update_virtual_machine(resize).await.unwrap().into_inner();
-    assert_eq!(
-        (resized.machine_type.as_str(), resized.display_name.as_str()),
-        ("e2-large", "Renamed")
-    );
-    vms.delete_virtual_machine(DeleteVirtualMachineRequest {
-        name: name.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    expect_failure(
-        vms.get_virtual_machine(GetVirtualMachineRequest { name }).await,
-        Code::NotFound,
-        "RESOURCE_NOT_FOUND",
-    );
+    walk(&server, "VirtualMachines", &vm.name, VM_LIFECYCLE).await;
     server.stop().await;
 }
 
 #[tokio::test]
 async fn user_and_prompt_lifecycles_follow_the_table() {
     let server = TestServer::start().await;
-    let mut users = server.users("acme-editor");
-    let u = users
+    let u = server
+        .users("acme-editor")
         .create_user(create_user("ada", "ada@example.com"))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(u.state, user::State::Pending as i32);
-    let f = expect_failure(
-        users
-            .suspend_user(SuspendUserRequest {
-                name: u.name.clone(),
-                ..Default::default()
-            })
-            .await,
-        Code::FailedPrecondition,
-        "INVALID_TRANSITION",
-    );
-    assert_eq!(f.metadata["allowed_from"], "ACTIVE");
-    users
-        .activate_user(ActivateUserRequest {
-            name: u.name.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let f = expect_failure(
-        users
-            .delete_user(DeleteUserRequest {
-                name: u.name.clone(),
-                ..Default::default()
-            })
-            .await,
-        Code::FailedPrecondition,
-        "INVALID_TRANSITION",
-    );
-    assert_eq!(f.metadata["allowed_from"], "PENDING,SUSPENDED");
-    users
-        .suspend_user(SuspendUserRequest {
-            name: u.name.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let again = users
-        .activate_user(ActivateUserRequest {
-            name: u.name.clone(),
-            ..Default::default()
-        })
-        .await;
-    assert_eq!(again.unwrap().into_inner().state, user::State::Active as i32);
-
-    let mut prompts = server.prompts("acme-editor");
+    walk(&server, "Users", &u.name, USER_LIFECYCLE).await;
     let create = CreatePromptRequest {
         parent: "tenants/acme".into(),
         prompt_id: "greet".into(),
@@ -345,85 +473,14 @@ async fn user_and_prompt_lifecycles_follow_the_table() {
         }),
         ..Default::default()
     };
-    let p = prompts.create_prompt(create).await.unwrap().into_inner();
+    let p = server
+        .prompts("acme-editor")
+        .create_prompt(create)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(p.state, prompt::State::Draft as i32);
-    let f = expect_failure(
-        prompts
-            .archive_prompt(ArchivePromptRequest {
-                name: p.name.clone(),
-                ..Default::default()
-            })
-            .await,
-        Code::FailedPrecondition,
-        "INVALID_TRANSITION",
-    );
-    assert_eq!(f.metadata["current_state"], "DRAFT");
-    prompts
-        .publish_prompt(PublishPromptRequest {
-            name: p.name.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    expect_failure(
-        prompts
-            .publish_prompt(PublishPromptRequest {
-                name: p.name.clone(),
-                ..Default::default()
-            })
-            .await,
-        Code::FailedPrecondition,
-        "ALREADY_IN_STATE",
-    );
-    let edit = UpdatePromptRequest {
-        prompt: Some(Prompt {
-            name: p.name.clone(),
-            template: "Hi".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let f = expect_failure(
-        prompts.update_prompt(edit).await,
-        Code::FailedPrecondition,
-        "INVALID_TRANSITION",
-    );
-    assert_eq!(f.metadata["field"], "template");
-    expect_failure(
-        prompts
-            .delete_prompt(DeletePromptRequest {
-                name: p.name.clone(),
-                ..Default::default()
-            })
-            .await,
-        Code::FailedPrecondition,
-        "INVALID_TRANSITION",
-    );
-    prompts
-        .archive_prompt(ArchivePromptRequest {
-            name: p.name.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let f = expect_failure(
-        prompts
-            .publish_prompt(PublishPromptRequest {
-                name: p.name.clone(),
-                ..Default::default()
-            })
-            .await,
-        Code::FailedPrecondition,
-        "INVALID_TRANSITION",
-    );
-    assert_eq!(f.metadata["current_state"], "ARCHIVED");
-    prompts
-        .delete_prompt(DeletePromptRequest {
-            name: p.name,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    walk(&server, "Prompts", &p.name, PROMPT_LIFECYCLE).await;
     server.stop().await;
 }
 

@@ -343,7 +343,7 @@ pub fn create_user(id: &str, email: &str) -> arbiter_api::v1::CreateUserRequest 
 /// response bytes, for malformed-input tests.
 pub async fn raw_unary(
     channel: Channel,
-    path: &'static str,
+    path: &str,
     body: Vec<u8>,
 ) -> Result<tonic::Response<Vec<u8>>, Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
@@ -354,8 +354,9 @@ pub async fn raw_unary(
     request
         .metadata_mut()
         .insert("authorization", "Bearer root".parse().unwrap());
-    grpc.unary(request, http::uri::PathAndQuery::from_static(path), RawCodec)
-        .await
+    let path = http::uri::PathAndQuery::try_from(path.to_string())
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    grpc.unary(request, path, RawCodec).await
 }
 
 /// Passes bytes through unchanged.
