@@ -3,44 +3,12 @@
 //! one place; every variant carries what a client needs to resolve it.
 
 use crate::kind::Kind;
-use crate::policy::{Denial, Fault};
-
-/// One bad request field: where it is and how to fix it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldViolation {
-    /// Path of the field in the request, e.g. `vm.machine_type`.
-    pub field: String,
-    /// What is wrong and what is expected.
-    pub description: String,
-}
+use crate::policy::verdict::{Denial, Fault};
+pub use crate::violation::FieldViolation;
 
 /// Most violations one error reports: the last of them then says how many
 /// more there were. Errors travel in gRPC trailers, which clients bound.
 pub const MAX_VIOLATIONS: usize = 8;
-/// Longest field path of a violation, in bytes (it may quote input).
-const MAX_FIELD_BYTES: usize = 128;
-/// Longest description of a violation, in bytes (it may quote input).
-const MAX_DESCRIPTION_BYTES: usize = 320;
-
-/// `text` cut to at most `max` bytes at a character boundary.
-fn clip(text: String, max: usize) -> String {
-    if text.len() <= max {
-        text
-    } else {
-        crate::policy::truncate(&text, max)
-    }
-}
-
-impl FieldViolation {
-    /// A violation of `field`; both texts are cut to a bounded size, since
-    /// they may quote what the client sent.
-    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self {
-            field: clip(field.into(), MAX_FIELD_BYTES),
-            description: clip(description.into(), MAX_DESCRIPTION_BYTES),
-        }
-    }
-}
 
 /// `Ok` when there is no violation, else `INVALID_FIELD` with at most
 /// [`MAX_VIOLATIONS`] of them.
@@ -392,6 +360,7 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::violation::{MAX_DESCRIPTION_BYTES, MAX_FIELD_BYTES};
 
     #[test]
     fn violations_are_bounded_in_number_and_size() {

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use prost_types::Timestamp;
 
-use crate::auth::Access;
-use crate::error::FieldViolation;
+use crate::access::Access;
+use crate::violation::FieldViolation;
 
 /// Checks a field's value; the error says what is expected.
 pub type Check = fn(&str) -> Result<(), String>;

@@ -16,9 +16,12 @@
 //! - [`auth`]: callers, roles and tenant access.
 //! - [`names`], [`validate`], [`mask`], [`filter`], [`page`]: request parsing.
 
+mod access;
 pub mod auth;
 pub mod changes;
+mod commit;
 mod consistency;
+mod decide;
 pub mod engine;
 pub mod error;
 pub mod filter;
@@ -36,6 +39,7 @@ pub mod requests;
 mod stage;
 mod transaction;
 pub mod validate;
+mod violation;
 mod write;
 
 pub use auth::{Access, Caller, Role};

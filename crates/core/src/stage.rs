@@ -8,8 +8,7 @@
 //! decided here once for both.
 
 use arbiter_store::{
-    Claim, Commit, CommitError, Committed, Expect, IdempotencyMark, IdempotencyRecord, Read, Store,
-    Versioned, Write,
+    Claim, Commit, Expect, IdempotencyMark, IdempotencyRecord, Read, Store, Versioned, Write,
 };
 
 use crate::changes::changed_fields;
@@ -49,8 +48,8 @@ pub(crate) fn unique_values<R: Resource>(tenant: &str, r: &R) -> Vec<UniqueValue
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Codec {
     pub(crate) kind: &'static Kind,
-    current: fn(&[u8], &Versioned) -> Result<Current, Error>,
-    changed: fn(&[u8], &Versioned, &Versioned) -> Option<Vec<String>>,
+    pub(crate) current: fn(&[u8], &Versioned) -> Result<Current, Error>,
+    pub(crate) changed: fn(&[u8], &Versioned, &Versioned) -> Option<Vec<String>>,
 }
 
 fn current_stored<R: Resource>(key: &[u8], stored: &Versioned) -> Result<Current, Error> {
@@ -76,27 +75,27 @@ impl Codec {
 /// One object touched by the operations of a stage.
 #[derive(Debug)]
 pub(crate) struct Staged {
-    key: Vec<u8>,
+    pub(crate) key: Vec<u8>,
     /// Its full name.
-    name: String,
-    tenant: String,
-    codec: Codec,
+    pub(crate) name: String,
+    pub(crate) tenant: String,
+    pub(crate) codec: Codec,
     /// What the store held when an operation first touched it; `None` when
     /// a create assumed it absent without reading (the commit checks).
-    original: Option<Versioned>,
+    pub(crate) original: Option<Versioned>,
     /// The unique values of `original`.
-    original_uniques: Vec<UniqueValue>,
+    pub(crate) original_uniques: Vec<UniqueValue>,
     /// The object as the last operation left it; `None`: absent.
-    value: Option<Vec<u8>>,
+    pub(crate) value: Option<Vec<u8>>,
     /// Its unique values now, each with the operation that took it.
-    uniques: Vec<(usize, UniqueValue)>,
+    pub(crate) uniques: Vec<(usize, UniqueValue)>,
     /// The first operation that touched it: the commit's expectation is
     /// that operation's.
-    first_op: usize,
+    pub(crate) first_op: usize,
     /// The last operation that sent an etag for it, with that etag.
-    etag_op: Option<(usize, String)>,
+    pub(crate) etag_op: Option<(usize, String)>,
     /// The last operation's name in the change log.
-    verb: &'static str,
+    pub(crate) verb: &'static str,
 }
 
 impl Staged {
@@ -111,7 +110,7 @@ impl Staged {
 
     /// Its name in the change log: "create" when it did not exist, "delete"
     /// when it does not any more, else the last operation's verb.
-    fn operation(&self) -> &'static str {
+    pub(crate) fn operation(&self) -> &'static str {
         match (&self.original, &self.value) {
             (None, _) => "create",
             (Some(_), None) => "delete",
@@ -123,14 +122,14 @@ impl Staged {
 /// A tenant's count of a collection, moved by the stage's creates and
 /// deletes.
 #[derive(Debug)]
-struct StagedCount {
-    tenant: String,
-    kind: &'static Kind,
-    counting: Counting,
+pub(crate) struct StagedCount {
+    pub(crate) tenant: String,
+    pub(crate) kind: &'static Kind,
+    pub(crate) counting: Counting,
     /// The count before the stage, when the stage checks each operation.
-    usage: Option<i64>,
+    pub(crate) usage: Option<i64>,
     /// Each operation's move, in order.
-    moves: Vec<(usize, i64)>,
+    pub(crate) moves: Vec<(usize, i64)>,
 }
 
 impl StagedCount {
@@ -142,7 +141,7 @@ impl StagedCount {
 
     /// The operation whose create takes the count past its quota when the
     /// count starts at `usage`.
-    fn over(&self, usage: i64) -> Option<(usize, i64)> {
+    pub(crate) fn over(&self, usage: i64) -> Option<(usize, i64)> {
         let mut count = usage;
         for &(op, delta) in &self.moves {
             if delta > 0 && count.saturating_add(delta) > self.limit() {
@@ -157,8 +156,8 @@ impl StagedCount {
 /// The operations of one request laid over the store.
 #[derive(Debug, Default)]
 pub(crate) struct Stage {
-    objects: Vec<Staged>,
-    counts: Vec<StagedCount>,
+    pub(crate) objects: Vec<Staged>,
+    pub(crate) counts: Vec<StagedCount>,
     /// Whether each operation is checked against the store as it is
     /// staged — its name free, its unique values free, its quota not
     /// reached — so that the first operation to fail is the one reported
@@ -189,7 +188,7 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
-    fn at(op: usize, error: Error) -> Self {
+    pub(crate) fn at(op: usize, error: Error) -> Self {
         Self::Failed { op: Some(op), error }
     }
 }
@@ -286,7 +285,11 @@ impl Stage {
     }
 
     /// The commit of everything staged.
-    fn commit(&self, change: arbiter_store::ChangeMeta, idempotency: Option<IdempotencyMark>) -> Commit {
+    pub(crate) fn commit(
+        &self,
+        change: arbiter_store::ChangeMeta,
+        idempotency: Option<IdempotencyMark>,
+    ) -> Commit {
         let mut commit = Commit {
             change,
             idempotency,
@@ -416,141 +419,5 @@ impl<S: Store> Engine<S> {
             ));
         }
         Ok(())
-    }
-
-    /// Commits the stage and says what a failure means. `may_retry`: a
-    /// conflict on writes without etags asks for another stage.
-    pub(crate) async fn commit_stage(
-        &self,
-        stage: &Stage,
-        change: arbiter_store::ChangeMeta,
-        idempotency: Option<IdempotencyMark>,
-        may_retry: bool,
-    ) -> Result<Committed, Failure> {
-        let failure = match self.store.commit(stage.commit(change, idempotency)).await {
-            Ok(done) => {
-                for s in &stage.objects {
-                    if s.codec.kind == &crate::kinds::POLICY {
-                        self.policies.invalidate(&s.tenant);
-                    }
-                }
-                return Ok(done);
-            }
-            Err(e) => e,
-        };
-        Err(match failure {
-            CommitError::Conflict { key, .. } if stage.counts.iter().any(|c| c.counting.is_marker(&key)) => {
-                if may_retry {
-                    Failure::Retry
-                } else {
-                    Failure::Failed {
-                        op: None,
-                        error: Error::storage("counting for a quota", "the count kept moving"),
-                    }
-                }
-            }
-            CommitError::Conflict { key, current } => {
-                let Some(s) = stage.get(&key) else {
-                    return Err(Failure::Failed {
-                        op: None,
-                        error: Error::storage("writing", "a commit conflicted on a key it did not write"),
-                    });
-                };
-                match (&s.original, current) {
-                    (None, Some(existing)) => self.exists(s, &existing),
-                    (None, None) if may_retry => Failure::Retry,
-                    (Some(_), None) | (None, None) => Failure::at(
-                        s.first_op,
-                        Error::NotFound {
-                            kind: s.codec.kind,
-                            name: s.name.clone(),
-                        },
-                    ),
-                    (Some(original), Some(moved)) => match &s.etag_op {
-                        None if may_retry => Failure::Retry,
-                        Some((op, etag)) => Failure::at(*op, self.stale(s, etag, &moved).await),
-                        None => {
-                            let expected = crate::engine::etag_of(original.revision);
-                            Failure::at(s.first_op, self.stale(s, &expected, &moved).await)
-                        }
-                    },
-                }
-            }
-            CommitError::Taken { key, owner } => {
-                let claim = stage.objects.iter().find_map(|s| {
-                    s.uniques
-                        .iter()
-                        .find(|(_, u)| u.key == key)
-                        .map(|(op, u)| (s, *op, u))
-                });
-                match claim {
-                    Some((s, op, u)) => Failure::at(op, taken(s.codec.kind, &s.name, u, &owner)),
-                    None => Failure::Failed {
-                        op: None,
-                        error: Error::storage("claiming a unique field", "unknown key"),
-                    },
-                }
-            }
-            CommitError::Limit { key, value, .. } => {
-                let count = stage.counts.iter().find(|c| c.counting.is_marker(&key));
-                match count {
-                    Some(c) => {
-                        let (op, usage) = c
-                            .over(value)
-                            .unwrap_or((c.moves.first().map_or(0, |m| m.0), value));
-                        Failure::at(
-                            op,
-                            quota_exceeded(&c.tenant, c.kind, c.counting.limit.unwrap_or_default(), usage),
-                        )
-                    }
-                    None => Failure::Failed {
-                        op: None,
-                        error: Error::storage("counting for a quota", "unknown counter"),
-                    },
-                }
-            }
-            CommitError::Recorded(record) => Failure::Recorded(record),
-            CommitError::Store(e) => Failure::Failed {
-                op: None,
-                error: Error::storage("writing", e),
-            },
-        })
-    }
-
-    /// `RESOURCE_EXISTS` for a create of `s`, which the store holds as
-    /// `existing`.
-    fn exists(&self, s: &Staged, existing: &Versioned) -> Failure {
-        let error = match (s.codec.current)(&s.key, existing) {
-            Ok(current) => Error::Exists {
-                kind: s.codec.kind,
-                name: s.name.clone(),
-                current,
-            },
-            Err(e) => e,
-        };
-        Failure::at(s.first_op, error)
-    }
-
-    /// `ETAG_MISMATCH` for `s`, expected at `etag` and now at `moved`.
-    async fn stale(&self, s: &Staged, etag: &str, moved: &Versioned) -> Error {
-        match (s.codec.current)(&s.key, moved) {
-            Ok(current) => mismatch(s.codec.kind, &s.name, etag, current)
-                .with_changed_fields(self.changed_since(&s.key, etag, s.codec, moved).await),
-            Err(e) => e,
-        }
-    }
-
-    /// The fields changed between the version an etag names and `current`,
-    /// when that version is still retained.
-    pub(crate) async fn changed_since(
-        &self,
-        key: &[u8],
-        etag: &str,
-        codec: Codec,
-        current: &Versioned,
-    ) -> Option<Vec<String>> {
-        let revision = u64::from_str_radix(etag.trim().trim_matches('"'), 16).ok()?;
-        let old = self.store.get_at(key, revision).await.ok()??;
-        (codec.changed)(key, &old, current)
     }
 }

@@ -12,6 +12,7 @@ use arbiter_store::Store;
 use prost::Message;
 
 use crate::auth::Caller;
+use crate::decide::{Creation, check_create, check_target, deleting, moving, transition_of, updating};
 use crate::engine::{Engine, etag_of};
 use crate::error::{Error, invalid};
 use crate::idempotency::{Begin, check_fingerprint};
@@ -22,7 +23,7 @@ use crate::policy::Operation;
 use crate::requests::RequestId;
 use crate::stage::{Failure, Stage};
 use crate::validate::check_request_id;
-use crate::write::{Creation, Target, check_create, check_target, deleting, moving, transition_of, updating};
+use crate::write::Target;
 
 /// Most operations in one transaction.
 pub const MAX_OPERATIONS: usize = 100;

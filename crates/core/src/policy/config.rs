@@ -1,0 +1,182 @@
+//! Server-wide policy settings, and the counts of how evaluations ended.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use arbiter_api::v1::Policy;
+
+use super::verdict::Limits;
+use crate::violation::FieldViolation;
+
+/// Server-wide policy settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// Time limit of a policy that sets none.
+    pub default_timeout: Duration,
+    /// Highest time limit a policy may set.
+    pub max_timeout: Duration,
+    /// Memory limit of a policy that sets none.
+    pub default_memory_bytes: u64,
+    /// Highest memory limit a policy may set.
+    pub max_memory_bytes: u64,
+    /// Largest module accepted.
+    pub max_module_bytes: usize,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            default_timeout: Duration::from_millis(50),
+            max_timeout: Duration::from_secs(2),
+            default_memory_bytes: 16 << 20,
+            max_memory_bytes: 256 << 20,
+            max_module_bytes: 64 << 20,
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// The limits a policy runs with: its own, or the defaults (never more
+    /// than the server allows).
+    pub fn limits(&self, policy: &Policy) -> Limits {
+        let timeout = policy
+            .timeout
+            .and_then(|t| Duration::try_from(t).ok())
+            .filter(|t| !t.is_zero())
+            .unwrap_or(self.default_timeout)
+            .min(self.max_timeout);
+        let memory = match policy.memory_limit_bytes {
+            0 => self.default_memory_bytes,
+            n => n,
+        };
+        Limits {
+            timeout,
+            memory_bytes: memory.min(self.max_memory_bytes),
+        }
+    }
+
+    /// Checks the limits a policy asks for against the server's.
+    pub fn check(&self, policy: &Policy, out: &mut Vec<FieldViolation>) {
+        if let Some(timeout) = policy.timeout {
+            match Duration::try_from(timeout) {
+                Ok(t) if t.is_zero() => {}
+                Ok(t) if t <= self.max_timeout => {}
+                _ => out.push(FieldViolation::new(
+                    "policy.timeout",
+                    format!(
+                        "must be a positive duration of at most {}ms (the server's limit)",
+                        self.max_timeout.as_millis()
+                    ),
+                )),
+            }
+        }
+        if policy.memory_limit_bytes > self.max_memory_bytes {
+            out.push(FieldViolation::new(
+                "policy.memory_limit_bytes",
+                format!("must be at most {} (the server's limit)", self.max_memory_bytes),
+            ));
+        } else if policy.memory_limit_bytes != 0 && policy.memory_limit_bytes < MIN_MEMORY {
+            out.push(FieldViolation::new(
+                "policy.memory_limit_bytes",
+                format!("must be at least {MIN_MEMORY} (one MiB), or 0 for the default"),
+            ));
+        }
+    }
+}
+
+/// Smallest memory limit a policy may set.
+const MIN_MEMORY: u64 = 1 << 20;
+
+/// How evaluations ended, per policy: for logs, tests and metrics.
+#[derive(Debug, Default)]
+pub struct PolicyStats {
+    counts: Mutex<BTreeMap<(String, Outcome), (u64, Duration)>>,
+}
+
+/// How one evaluation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Outcome {
+    /// It allowed.
+    Allow,
+    /// It denied and the request was refused.
+    Deny,
+    /// It denied in AUDIT mode; the request went on.
+    AuditDeny,
+    /// It faulted and the request failed (fail-closed).
+    Fault,
+    /// It faulted and the request went on (fail-open, or AUDIT).
+    FaultIgnored,
+    /// It could not run for want of a slot; the request was refused with
+    /// `RATE_LIMITED`, whatever the policy's failure policy.
+    Busy,
+}
+
+impl Outcome {
+    /// The name used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::AuditDeny => "audit_deny",
+            Outcome::Fault => "fault",
+            Outcome::FaultIgnored => "fault_ignored",
+            Outcome::Busy => "busy",
+        }
+    }
+}
+
+impl PolicyStats {
+    pub(crate) fn record(&self, policy: &str, outcome: Outcome, took: Duration) {
+        // No policy name in the labels: `/metrics` is open to anyone who can
+        // reach it and must not list tenants or their policies (the counts
+        // per policy are below, for the API).
+        metrics::counter!("arbiter_policy_evaluations_total", "result" => outcome.as_str()).increment(1);
+        metrics::histogram!("arbiter_policy_evaluation_seconds").record(took.as_secs_f64());
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = counts.entry((policy.to_string(), outcome)).or_default();
+        entry.0 += 1;
+        entry.1 += took;
+    }
+
+    /// How often `policy` ended with `outcome`.
+    pub fn count(&self, policy: &str, outcome: Outcome) -> u64 {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(&(policy.to_string(), outcome)).map_or(0, |c| c.0)
+    }
+
+    /// Every (policy, outcome, count, total time), in policy order.
+    pub fn snapshot(&self) -> Vec<(String, Outcome, u64, Duration)> {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts
+            .iter()
+            .map(|((p, o), (n, t))| (p.clone(), *o, *n, *t))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_default_and_cap() {
+        let config = PolicyConfig::default();
+        let mut p = Policy::default();
+        assert_eq!(config.limits(&p).timeout, Duration::from_millis(50));
+        assert_eq!(config.limits(&p).memory_bytes, 16 << 20);
+        p.timeout = Some(prost_types::Duration { seconds: 1, nanos: 0 });
+        p.memory_limit_bytes = 32 << 20;
+        assert_eq!(config.limits(&p).timeout, Duration::from_secs(1));
+        assert_eq!(config.limits(&p).memory_bytes, 32 << 20);
+        let mut violations = Vec::new();
+        p.timeout = Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        });
+        p.memory_limit_bytes = 1 << 40;
+        config.check(&p, &mut violations);
+        let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["policy.timeout", "policy.memory_limit_bytes"]);
+    }
+}
