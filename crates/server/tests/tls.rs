@@ -323,3 +323,64 @@ async fn mtls_needs_a_client_certificate_and_maps_it_to_a_principal() {
     assert_eq!(status, 401);
     running.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_and_the_cli_speak_tls_and_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("arbiter test ca");
+    let server = ca.issue("localhost", &["localhost"]);
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+
+    // TLS with a token: the library with the CA, and the CLI with --ca.
+    let running = start(dir.path(), &server, None).await;
+    let url = format!("https://localhost:{}", running.grpc_addr.port());
+    let options = arbiter_client::Options {
+        token: Some("acme-editor".into()),
+        ca_pem: Some(ca.pem().into_bytes()),
+        ..Default::default()
+    };
+    let client = arbiter_client::Client::connect_with(&url, options).await.unwrap();
+    client
+        .vms()
+        .create_virtual_machine(create_vm("web-1"))
+        .await
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args([
+            "vm",
+            "get",
+            "tenants/acme/vms/web-1",
+            "-o",
+            "json",
+            "--server",
+            &url,
+            "--ca",
+        ])
+        .arg(dir.path().join("ca.pem"))
+        .env("ARBITER_TOKEN", "acme-editor")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Without the CA the server's certificate is not trusted.
+    let untrusted = arbiter_client::Client::connect(&url, Some("acme-editor")).await;
+    assert!(
+        matches!(untrusted, Err(arbiter_client::Error::Transport(_))),
+        "{untrusted:?}"
+    );
+    running.stop().await.unwrap();
+
+    // mTLS: the client certificate alone names the caller.
+    let clients = Ca::new("arbiter test clients");
+    let bot = clients.issue("ci-bot", &[]);
+    let running = start(dir.path(), &server, Some(&clients.pem())).await;
+    let url = format!("https://localhost:{}", running.grpc_addr.port());
+    let options = arbiter_client::Options {
+        ca_pem: Some(ca.pem().into_bytes()),
+        identity: Some((bot.cert.clone().into_bytes(), bot.key.clone().into_bytes())),
+        ..Default::default()
+    };
+    let client = arbiter_client::Client::connect_with(&url, options).await.unwrap();
+    let vm: arbiter_api::v1::VirtualMachine = client.get("tenants/acme/vms/web-1").await.unwrap();
+    assert_eq!(vm.name, "tenants/acme/vms/web-1");
+    running.stop().await.unwrap();
+}
