@@ -47,6 +47,7 @@ use arbiter_api::v1::{
     virtual_machines_client::VirtualMachinesClient,
 };
 pub use error::{Class, Current, Error, Info, Violation};
+pub use raw::RawReply;
 pub use resource::Resource;
 pub use retry::Backoff;
 pub use watch::Watch;

@@ -48,10 +48,21 @@ impl Codec for Raw {
     }
 }
 
+/// The answer of [`Client::call_raw`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawReply {
+    /// The encoded response message.
+    pub message: Vec<u8>,
+    /// The warnings it carried (`arbiter-warning`: WARN-mode policies that
+    /// would have denied the change).
+    pub warnings: Vec<String>,
+}
+
 impl Client {
     /// Calls the unary method at `path` (`/arbiter.v1.VirtualMachines/GetVirtualMachine`)
-    /// with an encoded request; returns the encoded response.
-    pub async fn call_raw(&self, path: &str, request: Vec<u8>) -> Result<Vec<u8>, Error> {
+    /// with an encoded request; returns the encoded response and its
+    /// warnings.
+    pub async fn call_raw(&self, path: &str, request: Vec<u8>) -> Result<RawReply, Error> {
         let path = PathAndQuery::try_from(path.to_string())
             .map_err(|e| Error::Transport(format!("{path:?} is not a method path: {e}")))?;
         let mut grpc = tonic::client::Grpc::new(tonic::service::interceptor::InterceptedService::new(
@@ -61,6 +72,15 @@ impl Client {
         .max_encoding_message_size(64 << 20);
         grpc.ready().await.map_err(|e| Error::Transport(e.to_string()))?;
         let response = grpc.unary(tonic::Request::new(request), path, Raw).await?;
-        Ok(response.into_inner())
+        let warnings = response
+            .metadata()
+            .get_all("arbiter-warning")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect();
+        Ok(RawReply {
+            message: response.into_inner(),
+            warnings,
+        })
     }
 }

@@ -40,6 +40,7 @@ mod stage;
 mod transaction;
 pub mod validate;
 mod violation;
+pub mod warnings;
 mod write;
 
 pub use auth::{Access, Caller, Role};

@@ -232,7 +232,7 @@ impl Gateway {
             resume_after_last_event(route, &parts.headers, &mut extra)?;
             let message =
                 transcode::request(route, &variables, &extra, parts.uri.query().unwrap_or(""), body)?;
-            let stream = grpc::call(&self.grpc, &route.grpc_path, authorization, message)
+            let (_, stream) = grpc::call(&self.grpc, &route.grpc_path, authorization, message)
                 .await
                 .map_err(Failure::Status)?;
             let origin = stream::Origin {
@@ -243,7 +243,8 @@ impl Gateway {
             return Ok(stream::response(format, route.rpc.output(), stream, origin));
         }
         let message = transcode::request(route, &variables, &extra, parts.uri.query().unwrap_or(""), body)?;
-        let reply = match grpc::unary(&self.grpc, &route.grpc_path, authorization, message).await {
+        let (metadata, reply) = match grpc::unary(&self.grpc, &route.grpc_path, authorization, message).await
+        {
             Ok(reply) => reply,
             Err(status) => return Err(conditions.failure(status)),
         };
@@ -262,6 +263,7 @@ impl Gateway {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        add_warnings(response.headers_mut(), &metadata);
         Ok(with_validators(response, &decoded))
     }
 
@@ -405,7 +407,7 @@ impl Gateway {
             )))
         })?;
         let message = transcode::request(get, &get_vars, &Extra::new(), "", None)?;
-        let reply = grpc::unary(&self.grpc, &get.grpc_path, authorization, message)
+        let (_, reply) = grpc::unary(&self.grpc, &get.grpc_path, authorization, message)
             .await
             .map_err(Failure::Status)?;
         let (decoded, _) = transcode::reply(&get.rpc.output(), reply)
@@ -426,6 +428,21 @@ impl Conditions {
             Failure::Precondition(status)
         } else {
             Failure::Status(status)
+        }
+    }
+}
+
+/// The gRPC metadata key of the warnings an answer carries.
+const WARNING_METADATA: &str = "arbiter-warning";
+
+/// Each warning of a gRPC answer as an HTTP `Warning: 299 - "text"`
+/// header (RFC 7234 §5.5, "miscellaneous persistent warning").
+fn add_warnings(headers: &mut HeaderMap, metadata: &HeaderMap) {
+    for value in metadata.get_all(WARNING_METADATA) {
+        let Ok(text) = value.to_str() else { continue };
+        let quoted = text.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(warning) = HeaderValue::from_str(&format!("299 - \"{quoted}\"")) {
+            headers.append(header::WARNING, warning);
         }
     }
 }

@@ -23,8 +23,8 @@ pub async fn unary(
     path: &str,
     authorization: Option<&HeaderValue>,
     message: Bytes,
-) -> Result<Bytes, Status> {
-    let body = call(service, path, authorization, message).await?;
+) -> Result<(HeaderMap, Bytes), Status> {
+    let (headers, body) = call(service, path, authorization, message).await?;
     let collected = body
         .collect()
         .await
@@ -33,18 +33,19 @@ pub async fn unary(
     if let Some(status) = failure(&trailers) {
         return Err(status);
     }
-    unframe(collected.to_bytes())
+    Ok((headers, unframe(collected.to_bytes())?))
 }
 
-/// Calls the method at `path` and returns the reply's body once its
-/// headers say the call was accepted (for a server stream: the framed
-/// messages, then trailers). A call refused at once is its status.
+/// Calls the method at `path` and returns the reply's headers (its
+/// metadata) and body once the headers say the call was accepted (for a
+/// server stream: the framed messages, then trailers). A call refused at
+/// once is its status.
 pub async fn call(
     service: &GrpcService,
     path: &str,
     authorization: Option<&HeaderValue>,
     message: Bytes,
-) -> Result<Body, Status> {
+) -> Result<(HeaderMap, Body), Status> {
     let mut framed = BytesMut::with_capacity(message.len() + 5);
     framed.put_u8(0);
     framed.put_u32(u32::try_from(message.len()).map_err(|_| Status::invalid_argument("message too large"))?);
@@ -67,7 +68,7 @@ pub async fn call(
     if let Some(status) = failure(&parts.headers) {
         return Err(status);
     }
-    Ok(body)
+    Ok((parts.headers, body))
 }
 
 /// The status in trailers (or trailers-only headers), unless it is OK.

@@ -604,3 +604,93 @@ async fn hostile_policies_fault_within_their_limits_and_hurt_no_one_else() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warn_mode_lets_a_denied_change_through_with_a_warning() {
+    let server = TestServer::start().await;
+    let mut guard = policy(guests::VM_GUARD, &["vm"]);
+    guard.mode = Mode::Warn as i32;
+    upload(&server, "acme", "vm-guard", guard).await;
+    let mut big = create_vm("big-1");
+    big.vm.as_mut().unwrap().machine_type = "m9-enormous".into();
+
+    // gRPC: created, with the denial as `arbiter-warning` metadata.
+    let created = server
+        .vms("acme-editor")
+        .create_virtual_machine(big)
+        .await
+        .unwrap();
+    let warnings: Vec<String> = created
+        .metadata()
+        .get_all("arbiter-warning")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("tenants/acme/policies/vm-guard: "),
+        "{warnings:?}"
+    );
+    assert_eq!(created.into_inner().machine_type, "m9-enormous");
+    // An allowed change carries none.
+    let plain = server
+        .vms("acme-editor")
+        .create_virtual_machine(create_vm("small-1"))
+        .await
+        .unwrap();
+    assert!(plain.metadata().get("arbiter-warning").is_none());
+
+    // HTTP: 200 with `Warning: 299 - "<the same text>"`.
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/tenants/acme/vms?vm_id=big-2", server.http_base()))
+        .bearer_auth("acme-editor")
+        .json(&serde_json::json!({"machineType": "m9-enormous", "region": "us-east1", "image": "debian-12"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let warning = response.headers()["warning"].to_str().unwrap().to_string();
+    // The text as an RFC 9110 quoted-string.
+    let quoted = warnings[0].replace('\\', "\\\\").replace('"', "\\\"");
+    assert_eq!(warning, format!("299 - \"{quoted}\""));
+
+    // The CLI prints it and succeeds.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_arbiter"))
+        .args([
+            "vm",
+            "create",
+            "tenants/acme/vms/big-3",
+            "--region",
+            "us-east1",
+            "--machine-type",
+            "m9-enormous",
+            "--image",
+            "debian-12",
+        ])
+        .env(
+            "ARBITER_SERVER",
+            format!("http://{}", server.running.as_ref().unwrap().grpc_addr),
+        )
+        .env("ARBITER_TOKEN", "acme-editor")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("warning: {}", warnings[0])),
+        "{stderr}"
+    );
+
+    // Counted as would-denials, apart from enforced denials.
+    let engine = &server.running.as_ref().unwrap().engine;
+    let stats = engine.policy_stats();
+    assert_eq!(
+        stats.count("tenants/acme/policies/vm-guard", arbiter_core::Outcome::Warn),
+        3
+    );
+    assert_eq!(
+        stats.count("tenants/acme/policies/vm-guard", arbiter_core::Outcome::Deny),
+        0
+    );
+    server.stop().await;
+}

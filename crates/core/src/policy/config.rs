@@ -103,9 +103,11 @@ pub enum Outcome {
     Deny,
     /// It denied in AUDIT mode; the request went on.
     AuditDeny,
+    /// It denied in WARN mode; the request went on with a warning.
+    Warn,
     /// It faulted and the request failed (fail-closed).
     Fault,
-    /// It faulted and the request went on (fail-open, or AUDIT).
+    /// It faulted and the request went on (fail-open, AUDIT or WARN).
     FaultIgnored,
     /// It could not run for want of a slot; the request was refused with
     /// `RATE_LIMITED`, whatever the policy's failure policy.
@@ -119,6 +121,7 @@ impl Outcome {
             Outcome::Allow => "allow",
             Outcome::Deny => "deny",
             Outcome::AuditDeny => "audit_deny",
+            Outcome::Warn => "warn",
             Outcome::Fault => "fault",
             Outcome::FaultIgnored => "fault_ignored",
             Outcome::Busy => "busy",

@@ -125,6 +125,7 @@ struct Bound<'a> {
 fn mode(p: &Policy) -> policy::Mode {
     match policy::Mode::try_from(p.mode) {
         Ok(policy::Mode::Audit) => policy::Mode::Audit,
+        Ok(policy::Mode::Warn) => policy::Mode::Warn,
         _ => policy::Mode::Enforce,
     }
 }
@@ -305,11 +306,22 @@ impl Policies {
         resource: &str,
         refusal: &mut Option<Error>,
     ) -> Outcome {
-        let audit = mode(policy) == policy::Mode::Audit;
+        let mode = mode(policy);
+        // AUDIT and WARN denials and faults never block.
+        let audit = mode != policy::Mode::Enforce;
         match result {
             Ok(Verdict::Allow) => Outcome::Allow,
             Ok(Verdict::Deny(denial)) => {
                 let denial = denial.bounded();
+                if mode == policy::Mode::Warn {
+                    tracing::info!(
+                        policy = %policy.name, revision = policy.revision, resource,
+                        reason = %denial.reason,
+                        "WARN policy denies, the request goes on: {}", denial.message
+                    );
+                    crate::warnings::warn(format!("{}: {}: {}", policy.name, denial.reason, denial.message));
+                    return Outcome::Warn;
+                }
                 if audit {
                     tracing::warn!(
                         policy = %policy.name, revision = policy.revision, resource,
@@ -347,7 +359,7 @@ impl Policies {
                         policy = %policy.name, revision = policy.revision, resource,
                         fault = fault.kind.as_str(),
                         "policy fault ignored ({}): {}",
-                        if audit { "AUDIT mode" } else { "FAIL_OPEN" },
+                        if audit { "AUDIT or WARN mode" } else { "FAIL_OPEN" },
                         fault.detail
                     );
                     return Outcome::FaultIgnored;

@@ -351,7 +351,10 @@ async fn call_masked(
     }
     let path = format!("/arbiter.v1.{service}/{method}");
     let response = client.call_raw(&path, request.encode_to_vec()).await?;
-    DynamicMessage::decode(descriptor.output(), response.as_slice())
+    for warning in &response.warnings {
+        eprintln!("warning: {warning}");
+    }
+    DynamicMessage::decode(descriptor.output(), response.message.as_slice())
         .map_err(|e| Failure::Api(Error::Transport(format!("cannot read the answer: {e}"))))
 }
 

@@ -11,6 +11,7 @@ use arbiter_api::v1::{
     policies_server::Policies, prompts_server::Prompts, users_server::Users,
     virtual_machines_server::VirtualMachines, *,
 };
+use arbiter_core::warnings::collect;
 use arbiter_core::{
     Caller, CreateRequest, DeleteRequest, Engine, Error, ListRequest, RequestId, Resource, TransitionRequest,
     UpdateRequest,
@@ -102,25 +103,52 @@ impl<S> Clone for Api<S> {
     }
 }
 
-/// The response, or the error's status; conflicts are counted by kind and
-/// reason.
-fn reply<T>(kind: &str, result: Result<T, Error>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(|e| {
-        let status = to_status(&e);
-        if matches!(
-            status.code(),
-            Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition
-        ) {
-            let reason = status
-                .get_error_details()
-                .error_info()
-                .map(|i| i.reason.clone())
-                .unwrap_or_default();
-            let labels = [("kind", kind.to_string()), ("reason", reason)];
-            metrics::counter!("arbiter_conflicts_total", &labels).increment(1);
-        }
-        status
-    })
+/// The gRPC metadata key of each warning an answer carries.
+pub const WARNING_HEADER: &str = "arbiter-warning";
+
+/// Most bytes of one warning in metadata.
+const MAX_WARNING_BYTES: usize = 1024;
+
+/// A warning as printable ASCII, which gRPC metadata requires: other
+/// characters become `?`.
+fn warning_value(text: &str) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    let ascii: String = text
+        .chars()
+        .take(MAX_WARNING_BYTES)
+        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+        .collect();
+    ascii.parse().ok()
+}
+
+/// The response with the warnings the request raised, or the error's
+/// status; conflicts are counted by kind and reason.
+fn reply<T>(kind: &str, (result, warnings): (Result<T, Error>, Vec<String>)) -> Result<Response<T>, Status> {
+    result
+        .map(|message| {
+            let mut response = Response::new(message);
+            for warning in &warnings {
+                if let Some(value) = warning_value(warning) {
+                    response.metadata_mut().append(WARNING_HEADER, value);
+                }
+            }
+            response
+        })
+        .map_err(|e| {
+            let status = to_status(&e);
+            if matches!(
+                status.code(),
+                Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition
+            ) {
+                let reason = status
+                    .get_error_details()
+                    .error_info()
+                    .map(|i| i.reason.clone())
+                    .unwrap_or_default();
+                let labels = [("kind", kind.to_string()), ("reason", reason)];
+                metrics::counter!("arbiter_conflicts_total", &labels).increment(1);
+            }
+            status
+        })
 }
 
 fn mask_paths(mask: Option<prost_types::FieldMask>) -> Vec<String> {
@@ -151,13 +179,13 @@ macro_rules! resource_service {
                     request_id,
                     validate_only: req.validate_only,
                 };
-                reply(<$ty as Resource>::KIND.singular, self.engine.$create_with(&caller, create).await)
+                reply(<$ty as Resource>::KIND.singular, collect(self.engine.$create_with(&caller, create)).await)
             }
 
             async fn $get(&self, request: Request<$get_req>) -> Result<Response<$ty>, Status> {
                 let name = request.get_ref().name.clone();
                 let (caller, _, _permit) = self.parts(request, &name)?;
-                reply(<$ty as Resource>::KIND.singular, self.engine.get(&caller, &name).await)
+                reply(<$ty as Resource>::KIND.singular, collect(self.engine.get(&caller, &name)).await)
             }
 
             async fn $list(&self, request: Request<$list_req>) -> Result<Response<$list_resp>, Status> {
@@ -169,8 +197,8 @@ macro_rules! resource_service {
                     page_token: req.page_token,
                     filter: req.filter,
                 };
-                let page = self.engine.list::<$ty>(&caller, list).await;
-                reply(<$ty as Resource>::KIND.singular, page.map(|p| $list_resp { $items: p.items, next_page_token: p.next_page_token }))
+                let (page, warnings) = collect(self.engine.list::<$ty>(&caller, list)).await;
+                reply(<$ty as Resource>::KIND.singular, (page.map(|p| $list_resp { $items: p.items, next_page_token: p.next_page_token }), warnings))
             }
 
             async fn $update(&self, request: Request<$update_req>) -> Result<Response<$ty>, Status> {
@@ -183,7 +211,7 @@ macro_rules! resource_service {
                     request_id,
                     validate_only: req.validate_only,
                 };
-                reply(<$ty as Resource>::KIND.singular, self.engine.$update_with(&caller, update).await)
+                reply(<$ty as Resource>::KIND.singular, collect(self.engine.$update_with(&caller, update)).await)
             }
 
             async fn $delete(&self, request: Request<$delete_req>) -> Result<Response<()>, Status> {
@@ -196,7 +224,7 @@ macro_rules! resource_service {
                     request_id,
                     validate_only: req.validate_only,
                 };
-                reply(<$ty as Resource>::KIND.singular, self.engine.delete::<$ty>(&caller, delete).await)
+                reply(<$ty as Resource>::KIND.singular, collect(self.engine.delete::<$ty>(&caller, delete)).await)
             }
 
             $(
@@ -205,7 +233,7 @@ macro_rules! resource_service {
                 let (caller, req, _permit) = self.parts(request, &name)?;
                 let request_id = RequestId::new(req.request_id.clone(), stringify!($verb_fn), &req.encode_to_vec());
                 let transition = TransitionRequest { name: req.name, etag: req.etag, request_id, verb: $verb };
-                reply(<$ty as Resource>::KIND.singular, self.engine.transition(&caller, transition).await)
+                reply(<$ty as Resource>::KIND.singular, collect(self.engine.transition(&caller, transition)).await)
             }
             )*
         }

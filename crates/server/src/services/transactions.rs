@@ -3,6 +3,7 @@
 use arbiter_api::v1::{
     CommitTransactionRequest, CommitTransactionResponse, transactions_server::Transactions,
 };
+use arbiter_core::warnings::collect;
 use arbiter_store::Store;
 use tonic::{Request, Response, Status};
 
@@ -16,6 +17,9 @@ impl<S: Store> Transactions for Api<S> {
     ) -> Result<Response<CommitTransactionResponse>, Status> {
         let parent = request.get_ref().parent.clone();
         let (caller, req, _permit) = self.parts(request, &parent)?;
-        reply("transaction", self.engine.commit_transaction(&caller, req).await)
+        reply(
+            "transaction",
+            collect(self.engine.commit_transaction(&caller, req)).await,
+        )
     }
 }
