@@ -49,7 +49,7 @@ enum Step<R> {
 }
 
 /// One checked operation of any kind.
-enum Step3 {
+enum AnyStep {
     Vm(Step<VirtualMachine>),
     User(Step<User>),
     Prompt(Step<Prompt>),
@@ -154,8 +154,8 @@ fn transition<R: Resource>(
 }
 
 /// Checks one operation: its fields, its tenant, the caller's right to it.
-fn check(caller: &Caller, tenant: &str, op: Option<Op>) -> Result<Step3, Error> {
-    use Step3::{Prompt as P, User as U, Vm as V};
+fn check(caller: &Caller, tenant: &str, op: Option<Op>) -> Result<AnyStep, Error> {
+    use AnyStep::{Prompt as P, User as U, Vm as V};
     let c = caller;
     let t = tenant;
     Ok(match op {
@@ -322,12 +322,12 @@ impl<S: Store> Engine<S> {
         stage: &mut Stage,
         i: usize,
         caller: &Caller,
-        step: &Step3,
+        step: &AnyStep,
     ) -> Result<Option<Outcome>, Error> {
         Ok(match step {
-            Step3::Vm(s) => self.stage_step(stage, i, caller, s).await?.map(Outcome::Vm),
-            Step3::User(s) => self.stage_step(stage, i, caller, s).await?.map(Outcome::User),
-            Step3::Prompt(s) => self.stage_step(stage, i, caller, s).await?.map(Outcome::Prompt),
+            AnyStep::Vm(s) => self.stage_step(stage, i, caller, s).await?.map(Outcome::Vm),
+            AnyStep::User(s) => self.stage_step(stage, i, caller, s).await?.map(Outcome::User),
+            AnyStep::Prompt(s) => self.stage_step(stage, i, caller, s).await?.map(Outcome::Prompt),
         })
     }
 

@@ -5,6 +5,7 @@
 //! `--on-conflict` says.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
 
 use arbiter_client::merge::{apply_messages, changed_messages};
 use arbiter_client::{Client, Error};
@@ -51,7 +52,15 @@ async fn run_editor(text: String) -> Result<Option<String>, Failure> {
             std::process::id(),
             uuid::Uuid::new_v4()
         ));
-        std::fs::write(&path, text).map_err(|e| usage(format!("cannot write {}: {e}", path.display())))?;
+        // Readable by the user only: the resource may hold what others
+        // on the machine should not see.
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| file.write_all(text.as_bytes()));
+        written.map_err(|e| usage(format!("cannot write {}: {e}", path.display())))?;
         let editor = std::env::var("VISUAL")
             .or_else(|_| std::env::var("EDITOR"))
             .unwrap_or_else(|_| "vi".into());
