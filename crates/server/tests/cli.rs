@@ -398,10 +398,6 @@ async fn errors_print_what_conflicted_and_exit_by_class() {
 async fn transactions_watch_history_and_completions() {
     let server = TestServer::start().await;
     let s = &server;
-    let mut watch = command(s, "acme-editor", &["watch", "tenants/acme", "-o", "json"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tx.yaml");
     std::fs::write(
@@ -429,11 +425,39 @@ operations:
     std::fs::write(&file, "operations: [not yaml").unwrap();
     fails(s, "acme-editor", &["tx", file.to_str().unwrap()], 1);
 
-    // The watch printed the transaction's changes, one JSON line each.
-    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    // A watch from the transaction's revision prints its changes, one JSON
+    // line each, at that revision (read on a thread, so that a missing line
+    // fails the test instead of hanging it).
+    let mut watch = command(
+        s,
+        "acme-editor",
+        &[
+            "watch",
+            "tenants/acme",
+            "--start-revision",
+            &revision,
+            "-o",
+            "json",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let mut names = Vec::new();
     while names.len() < 2 {
-        let line = lines.next().unwrap().unwrap();
+        let line = received
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the watch prints the transaction's changes")
+            .unwrap();
         let change: Value = serde_json::from_str(&line).unwrap();
         if change["type"] != "BOOKMARK" {
             assert_eq!(change["revision"].as_str(), Some(revision.as_str()), "{change}");
