@@ -285,14 +285,120 @@ fn mismatch(expect: &Expect, result: &Result<Verdict, Fault>) -> Option<String> 
     }
 }
 
+/// How [`run_as`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// A `PASS`/`FAIL` line per case and a summary line.
+    #[default]
+    Text,
+    /// One JSON document: `passed`, `failed`, and each case's `name`,
+    /// `result` (`pass` or `fail`) and `message`.
+    Json,
+    /// A JUnit XML `testsuite`, for CI systems that show test reports.
+    Junit,
+}
+
+/// One case's result.
+struct Outcome {
+    name: String,
+    failure: Option<String>,
+    took: Duration,
+}
+
+/// `text` with the five XML special characters escaped.
+fn xml(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+fn write_report(
+    format: Format,
+    outcomes: &[Outcome],
+    report: &Report,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    match format {
+        Format::Text => {
+            for o in outcomes {
+                match &o.failure {
+                    None => writeln!(out, "PASS  {}", o.name)?,
+                    Some(why) => writeln!(out, "FAIL  {}: {why}", o.name)?,
+                }
+            }
+            writeln!(out, "{} passed, {} failed", report.passed, report.failed)
+        }
+        Format::Json => {
+            let cases: Vec<serde_json::Value> = outcomes
+                .iter()
+                .map(|o| {
+                    serde_json::json!({
+                        "name": o.name,
+                        "result": if o.failure.is_none() { "pass" } else { "fail" },
+                        "message": o.failure.clone().unwrap_or_default(),
+                        "seconds": o.took.as_secs_f64(),
+                    })
+                })
+                .collect();
+            let document =
+                serde_json::json!({"passed": report.passed, "failed": report.failed, "cases": cases});
+            writeln!(out, "{document}")
+        }
+        Format::Junit => {
+            let total: f64 = outcomes.iter().map(|o| o.took.as_secs_f64()).sum();
+            writeln!(out, r#"<?xml version="1.0" encoding="UTF-8"?>"#)?;
+            writeln!(
+                out,
+                r#"<testsuite name="arbiter policy test" tests="{}" failures="{}" time="{total:.6}">"#,
+                outcomes.len(),
+                report.failed
+            )?;
+            for o in outcomes {
+                let name = xml(&o.name);
+                let time = o.took.as_secs_f64();
+                match &o.failure {
+                    None => writeln!(
+                        out,
+                        r#"  <testcase name="{name}" classname="policy" time="{time:.6}"/>"#
+                    )?,
+                    Some(why) => {
+                        writeln!(
+                            out,
+                            r#"  <testcase name="{name}" classname="policy" time="{time:.6}">"#
+                        )?;
+                        writeln!(out, r#"    <failure message="{}"/>"#, xml(why))?;
+                        writeln!(out, "  </testcase>")?;
+                    }
+                }
+            }
+            writeln!(out, "</testsuite>")
+        }
+    }
+}
+
 /// Runs every case of `cases` (YAML) against `module`, writing one line per
 /// case and a summary to `out`.
 pub fn run(host: &Host, module: &[u8], cases: &str, out: &mut impl Write) -> Result<Report, CasesError> {
+    run_as(host, module, cases, Format::Text, out)
+}
+
+/// Runs every case of `cases` (YAML) against `module`, writing the results
+/// to `out` as `format` says.
+pub fn run_as(
+    host: &Host,
+    module: &[u8],
+    cases: &str,
+    format: Format,
+    out: &mut impl Write,
+) -> Result<Report, CasesError> {
     let file: File = serde_yaml::from_str(cases).map_err(|e| CasesError::Parse(e.to_string()))?;
     let digest = arbiter_core::policy_admin::module_digest(module);
     let digest = digest.as_str();
     host.load_blocking(digest, module).map_err(CasesError::Module)?;
     let mut report = Report::default();
+    let mut outcomes = Vec::with_capacity(file.cases.len());
     for case in file.cases {
         let given = (&case.limits, &file.defaults.limits);
         let limits = Limits {
@@ -300,19 +406,22 @@ pub fn run(host: &Host, module: &[u8], cases: &str, out: &mut impl Write) -> Res
             memory_bytes: given.0.memory_bytes.or(given.1.memory_bytes).unwrap_or(16 << 20),
         };
         let input = input(case.request, &file.defaults);
+        let started = std::time::Instant::now();
         let result = host.evaluate_blocking(digest, &case.name, limits, &input);
-        match mismatch(&case.expect, &result) {
-            None => {
-                report.passed += 1;
-                writeln!(out, "PASS  {}", case.name)?;
-            }
-            Some(why) => {
-                report.failed += 1;
-                writeln!(out, "FAIL  {}: {why}, got {}", case.name, describe(&result))?;
-            }
+        let took = started.elapsed();
+        let failure = mismatch(&case.expect, &result).map(|why| format!("{why}, got {}", describe(&result)));
+        if failure.is_none() {
+            report.passed += 1;
+        } else {
+            report.failed += 1;
         }
+        outcomes.push(Outcome {
+            name: case.name,
+            failure,
+            took,
+        });
     }
-    writeln!(out, "{} passed, {} failed", report.passed, report.failed)?;
+    write_report(format, &outcomes, &report, out)?;
     Ok(report)
 }
 

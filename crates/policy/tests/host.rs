@@ -63,6 +63,51 @@ fn a_failing_case_is_reported() {
     );
 }
 
+#[test]
+fn reports_come_as_json_and_junit() {
+    let host = host();
+    let cases = "cases:\n  - name: a <failing> case\n    request: {operation: delete, kind: vm, current: {name: n, labels: {env: prod}}}\n    expect: {decision: allow}\n  - name: passes\n    request: {operation: create, kind: vm, proposed: {name: n, spec: {machineType: e2-small}}}\n    expect: {decision: allow}\n";
+    let module = guests::read(guests::VM_GUARD);
+    let mut out = Vec::new();
+    let report = cases::run_as(&host, &module, cases, cases::Format::Json, &mut out).unwrap();
+    assert_eq!((report.passed, report.failed), (1, 1));
+    let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        (json["passed"].as_u64(), json["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(json["cases"][0]["name"], "a <failing> case");
+    assert_eq!(json["cases"][0]["result"], "fail");
+    assert!(
+        json["cases"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expected allow")
+    );
+    assert_eq!(json["cases"][1]["result"], "pass");
+
+    let mut out = Vec::new();
+    cases::run_as(&host, &module, cases, cases::Format::Junit, &mut out).unwrap();
+    let xml = String::from_utf8(out).unwrap();
+    assert!(
+        xml.contains(r#"<testsuite name="arbiter policy test" tests="2" failures="1""#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<testcase name="a &lt;failing&gt; case" classname="policy""#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<failure message="expected allow, got deny/conflict"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<testcase name="passes" classname="policy""#),
+        "{xml}"
+    );
+    assert!(xml.trim_end().ends_with("</testsuite>"), "{xml}");
+}
+
 fn hostile(behaviour: &str) -> Input {
     Input {
         operation: Operation::Create,

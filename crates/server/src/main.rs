@@ -122,7 +122,21 @@ enum PolicyCommand {
         module: PathBuf,
         /// The cases file (.yaml).
         cases: PathBuf,
+        /// How to report: a line per case, one JSON document, or JUnit XML.
+        #[arg(long, value_enum, default_value = "text")]
+        format: ReportFormat,
     },
+}
+
+/// The report formats of `arbiter policy test`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    /// `PASS`/`FAIL` lines and a summary.
+    Text,
+    /// One JSON document.
+    Json,
+    /// JUnit XML.
+    Junit,
 }
 
 fn main() -> ExitCode {
@@ -155,8 +169,20 @@ fn main() -> ExitCode {
             ..Config::default()
         })),
         Command::Policy {
-            command: PolicyCommand::Test { module, cases },
-        } => report(policy_test(&module, &cases)),
+            command:
+                PolicyCommand::Test {
+                    module,
+                    cases,
+                    format,
+                },
+        } => {
+            let format = match format {
+                ReportFormat::Text => arbiter_policy::cases::Format::Text,
+                ReportFormat::Json => arbiter_policy::cases::Format::Json,
+                ReportFormat::Junit => arbiter_policy::cases::Format::Junit,
+            };
+            report(policy_test(&module, &cases, format))
+        }
         Command::Policy {
             command: PolicyCommand::Verb(verb),
         } => client(ClientCommand::Policy(verb)),
@@ -208,7 +234,11 @@ fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
 }
 
 /// `arbiter policy test MODULE CASES`.
-fn policy_test(module: &Path, cases: &Path) -> anyhow::Result<ExitCode> {
+fn policy_test(
+    module: &Path,
+    cases: &Path,
+    format: arbiter_policy::cases::Format,
+) -> anyhow::Result<ExitCode> {
     let bytes =
         std::fs::read(module).with_context(|| format!("cannot read the module {}", module.display()))?;
     let text = std::fs::read_to_string(cases)
@@ -217,7 +247,7 @@ fn policy_test(module: &Path, cases: &Path) -> anyhow::Result<ExitCode> {
         max_concurrent: 1,
         ..Default::default()
     })?;
-    let report = arbiter_policy::cases::run(&host, &bytes, &text, &mut std::io::stdout().lock())
+    let report = arbiter_policy::cases::run_as(&host, &bytes, &text, format, &mut std::io::stdout().lock())
         .with_context(|| format!("in {}", cases.display()))?;
     Ok(if report.failed == 0 && report.passed > 0 {
         ExitCode::SUCCESS
