@@ -27,6 +27,10 @@ pub mod json;
 
 pub use arbiter::v1;
 
+/// The gRPC metadata key of each warning an answer carries (a WARN-mode
+/// policy's denial, ARCHITECTURE.md section 12); one value per warning.
+pub const WARNING_METADATA: &str = "arbiter-warning";
+
 /// The encoded `FileDescriptorSet` of the API, imports and comments
 /// included.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/arbiter_descriptor.bin"));

@@ -74,7 +74,7 @@ impl Client {
         let response = grpc.unary(tonic::Request::new(request), path, Raw).await?;
         let warnings = response
             .metadata()
-            .get_all("arbiter-warning")
+            .get_all(arbiter_api::WARNING_METADATA)
             .iter()
             .filter_map(|v| v.to_str().ok().map(str::to_string))
             .collect();

@@ -110,6 +110,9 @@ pub(crate) struct Counting {
     pub(crate) counter: Option<CounterDelta>,
     /// The quota, when one applies.
     pub(crate) limit: Option<u64>,
+    /// The count before the commit, when counting it found it (a first
+    /// count scans the collection).
+    pub(crate) held: Option<i64>,
 }
 
 impl Counting {
@@ -154,6 +157,7 @@ impl<S: Store> Engine<S> {
                     max: Some(max),
                 }),
                 limit: Some(limit),
+                held: None,
             });
         }
         // The first count: while the marker is absent nothing moves the
@@ -182,6 +186,7 @@ impl<S: Store> Engine<S> {
                 max: Some(max),
             }),
             limit: Some(limit),
+            held: Some(held),
         })
     }
 

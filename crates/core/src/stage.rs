@@ -391,10 +391,18 @@ impl<S: Store> Engine<S> {
             }
             None => {
                 let counting = self.counting(tenant, kind, delta).await?;
-                let usage = if stage.exact {
-                    Some(self.usage(tenant, kind).await?)
-                } else {
-                    None
+                // A first count found the usage already; otherwise the
+                // counter holds it.
+                let usage = match (stage.exact, counting.held, counting.counter.as_ref()) {
+                    (false, _, _) => None,
+                    (true, Some(held), _) => Some(held),
+                    (true, None, Some(counter)) => Some(
+                        self.store
+                            .counter(&counter.key)
+                            .await
+                            .map_err(|e| Error::storage("reading a quota count", e))?,
+                    ),
+                    (true, None, None) => Some(self.usage(tenant, kind).await?),
                 };
                 stage.counts.push(StagedCount {
                     tenant: tenant.to_string(),

@@ -432,7 +432,8 @@ impl Conditions {
     }
 }
 
-/// The gRPC metadata key of the warnings an answer carries.
+/// The gRPC metadata key of the warnings an answer carries (the HTTP layer
+/// depends on no API crate; `arbiter_api::WARNING_METADATA` is the same).
 const WARNING_METADATA: &str = "arbiter-warning";
 
 /// Each warning of a gRPC answer as an HTTP `Warning: 299 - "text"`

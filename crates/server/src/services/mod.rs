@@ -103,9 +103,6 @@ impl<S> Clone for Api<S> {
     }
 }
 
-/// The gRPC metadata key of each warning an answer carries.
-pub const WARNING_HEADER: &str = "arbiter-warning";
-
 /// Most bytes of one warning in metadata.
 const MAX_WARNING_BYTES: usize = 1024;
 
@@ -128,7 +125,9 @@ fn reply<T>(kind: &str, (result, warnings): (Result<T, Error>, Vec<String>)) -> 
             let mut response = Response::new(message);
             for warning in &warnings {
                 if let Some(value) = warning_value(warning) {
-                    response.metadata_mut().append(WARNING_HEADER, value);
+                    response
+                        .metadata_mut()
+                        .append(arbiter_api::WARNING_METADATA, value);
                 }
             }
             response
