@@ -31,6 +31,8 @@ fn main() -> Result<()> {
         ("VM_GUARD", release.join("vm_guard.wasm")),
         ("PROMPT_REVIEW", release.join("prompt_review.wasm")),
         ("USER_GUARD", release.join("user_guard.wasm")),
+        ("USER_MANAGER", release.join("user_manager.wasm")),
+        ("LOOKUPS", release.join("lookups.wasm")),
         ("HOSTILE", release.join("hostile.wasm")),
         ("WRONG_WORLD", release.join("wrong_world.wasm")),
         ("REQUIRE_LABELS_PY", python),
@@ -92,7 +94,7 @@ fn cargo_build(manifest: &Path, target: &Path) -> Result<()> {
 fn componentize_py(root: &Path, out: &Path) -> Result<()> {
     let source = root.join("policies/require-labels-py");
     let status = Command::new("componentize-py")
-        .args(["-d", "../wit", "-w", "policy", "componentize", "app", "-o"])
+        .args(["-d", "../wit/0.1.0", "-w", "policy", "componentize", "app", "-o"])
         .arg(out)
         .current_dir(&source)
         .env("PYTHONDONTWRITEBYTECODE", "1")

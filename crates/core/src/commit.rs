@@ -41,6 +41,11 @@ impl<S: Store> Engine<S> {
                     }
                 }
             }
+            CommitError::Conflict { key, .. }
+                if stage.get(&key).is_none() && stage.looked_up(&key).is_some() =>
+            {
+                self.lookup_moved(stage, &key, may_retry)
+            }
             CommitError::Conflict { key, current } => {
                 let Some(s) = stage.get(&key) else {
                     return Err(Failure::Failed {
@@ -107,6 +112,40 @@ impl<S: Store> Engine<S> {
                 error: Error::storage("writing", e),
             },
         })
+    }
+
+    /// What it means that an object the policies of an operation looked
+    /// up moved before the commit: judge again on the new state, unless
+    /// the operation sent an etag (or retries ran out).
+    fn lookup_moved(&self, stage: &Stage, key: &[u8], may_retry: bool) -> Failure {
+        let op = stage.looked_up(key).unwrap_or_default();
+        let etag = stage.objects.iter().find_map(|s| match &s.etag_op {
+            Some((o, etag)) if *o == op => Some((s, etag.clone())),
+            _ => None,
+        });
+        if etag.is_none() && may_retry {
+            return Failure::Retry;
+        }
+        let written = etag
+            .as_ref()
+            .map(|(s, _)| *s)
+            .or_else(|| stage.objects.iter().find(|s| s.first_op == op))
+            .or_else(|| stage.objects.first());
+        let Some(written) = written else {
+            return Failure::Failed {
+                op: None,
+                error: Error::storage("writing", "a commit conflicted on a key it did not write"),
+            };
+        };
+        Failure::at(
+            op,
+            Error::LookupChanged {
+                kind: written.codec.kind,
+                name: written.name.clone(),
+                expected: etag.map(|(_, e)| e).unwrap_or_default(),
+                looked_up: crate::names::name_of_key(key),
+            },
+        )
     }
 
     /// `RESOURCE_EXISTS` for a create of `s`, which the store holds as

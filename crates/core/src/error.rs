@@ -102,6 +102,20 @@ pub enum Error {
         /// is still in the change log.
         changed_fields: Option<Vec<String>>,
     },
+    /// An object the policies looked up changed between their verdict and
+    /// the commit (ABORTED `ETAG_MISMATCH`, metadata `looked_up`): the
+    /// client sent an etag, or the write was judged again too often.
+    #[error("policies judged {} {name} on {looked_up}, which changed before the write committed; get {name} again and retry", kind.noun)]
+    LookupChanged {
+        /// The kind of the resource written.
+        kind: &'static Kind,
+        /// The resource written.
+        name: String,
+        /// The etag the client sent, if any.
+        expected: String,
+        /// The object a policy looked up that changed.
+        looked_up: String,
+    },
     /// The same request id is being processed (ABORTED `REQUEST_IN_PROGRESS`).
     #[error(
         "a request with request_id {request_id} is still in progress; retry after it completes to get its outcome"

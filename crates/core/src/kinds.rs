@@ -183,6 +183,7 @@ pub static POLICY: Kind = Kind {
         field("timeout", false, checked_elsewhere),
         field("memory_limit_bytes", false, checked_elsewhere),
         field("module_sha256", false, checked_elsewhere),
+        field("settings", false, checked_elsewhere),
     ],
     transitions: &[],
     deletable_in: &[ACTIVE_POLICY],
@@ -203,6 +204,7 @@ resource!(Policy, POLICY, [description, module_sha256] {
             "failure_policy" => self.failure_policy != 0,
             "timeout" => self.timeout.is_some(),
             "memory_limit_bytes" => self.memory_limit_bytes != 0,
+            "settings" => self.settings.is_some(),
             _ => self.field(name).is_some_and(|v| !v.is_empty()),
         }
     }
@@ -220,6 +222,7 @@ resource!(Policy, POLICY, [description, module_sha256] {
                 self.module_size_bytes = from.module_size_bytes;
             }
             "description" => self.description.clone_from(&from.description),
+            "settings" => self.settings.clone_from(&from.settings),
             _ => {}
         }
     }

@@ -29,6 +29,7 @@ mod follow;
 mod idempotency;
 pub mod kind;
 pub mod kinds;
+mod lookup;
 pub mod mask;
 pub mod names;
 pub mod page;

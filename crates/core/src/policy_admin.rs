@@ -36,6 +36,9 @@ impl<S: Store> Engine<S> {
         self.policies.config.check(&req.resource, &mut violations);
         invalid(violations)?;
         self.attach_module(&mut req.resource, req.validate_only).await?;
+        let policy = &req.resource;
+        self.check_settings(&policy.module_sha256, policy, policy.settings.as_ref())
+            .await?;
         self.create(caller, req).await
     }
 
@@ -55,13 +58,92 @@ impl<S: Store> Engine<S> {
         for path in mask.iter_mut().filter(|p| *p == "module") {
             "module_sha256".clone_into(path);
         }
-        let module_masked = mask.is_empty() || mask.iter().any(|p| p == "module_sha256" || p == "*");
+        let masks = |field: &str| {
+            mask.is_empty()
+                || mask
+                    .iter()
+                    .any(|p| p == "*" || p == field || p.starts_with(&format!("{field}.")))
+        };
+        let (module_masked, settings_masked) = (masks("module_sha256"), masks("settings"));
         if module_masked {
             self.attach_module(&mut req.resource, req.validate_only).await?;
         } else {
             req.resource.module.clear();
         }
+        if module_masked || settings_masked {
+            // The module and settings the policy will have: what the
+            // request sets, the rest as the policy has them now.
+            let current = self
+                .get_stored(&name.key(&POLICY))
+                .await?
+                .map(|stored| crate::engine::decode::<Policy>(&name.key(&POLICY), &stored))
+                .transpose()?;
+            let digest = match (&current, module_masked && !req.resource.module_sha256.is_empty()) {
+                (_, true) => req.resource.module_sha256.clone(),
+                (Some(current), false) => current.module_sha256.clone(),
+                (None, false) => String::new(),
+            };
+            let settings = if settings_masked {
+                req.resource.settings.as_ref()
+            } else {
+                current.as_ref().and_then(|c| c.settings.as_ref())
+            };
+            self.check_settings(&digest, &req.resource, settings).await?;
+        }
         self.update(caller, req).await
+    }
+
+    /// Asks the module `digest` whether it accepts `settings`: a refusal is
+    /// `INVALID_FIELD` on `policy.settings` with the module's message.
+    async fn check_settings(
+        &self,
+        digest: &str,
+        policy: &Policy,
+        settings: Option<&prost_types::Struct>,
+    ) -> Result<(), Error> {
+        if digest.is_empty() {
+            return Ok(());
+        }
+        let json = match settings {
+            Some(settings) => crate::policy::settings_json(&Policy {
+                settings: Some(settings.clone()),
+                ..Policy::default()
+            })?,
+            None => Arc::from(crate::policy::NO_SETTINGS),
+        };
+        self.policies
+            .ensure_loaded(&*self.store, digest)
+            .await
+            .map_err(|fault| Error::field("policy.module_sha256", fault.detail))?;
+        let verdict = self
+            .policies
+            .runtime()?
+            .validate_settings(
+                digest.to_string(),
+                self.policies.config.limits(policy),
+                json.to_string(),
+            )
+            .await;
+        match verdict {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(Error::field(
+                "policy.settings",
+                crate::policy::truncate(&why, 1024),
+            )),
+            Err(fault) if fault.kind == crate::policy::FaultKind::Busy => Err(Error::RateLimited {
+                what: format!("the module's validate-settings could not run: {}", fault.detail),
+                limit: "policy evaluation slots".into(),
+                retry_after: std::time::Duration::from_secs(1),
+            }),
+            Err(fault) => Err(Error::field(
+                "policy.settings",
+                format!(
+                    "the module's validate-settings failed ({}): {}",
+                    fault.kind.as_str(),
+                    fault.detail
+                ),
+            )),
+        }
     }
 
     /// Replaces the request's module bytes with their digest, after the

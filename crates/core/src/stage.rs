@@ -15,6 +15,7 @@ use crate::changes::changed_fields;
 use crate::engine::{Engine, current_of, decode};
 use crate::error::{Current, Error};
 use crate::kind::{Kind, Resource};
+use crate::lookup::Looked;
 use crate::names;
 use crate::quota::{Counting, quota_exceeded};
 
@@ -50,6 +51,8 @@ pub(crate) struct Codec {
     pub(crate) kind: &'static Kind,
     pub(crate) current: fn(&[u8], &Versioned) -> Result<Current, Error>,
     pub(crate) changed: fn(&[u8], &Versioned, &Versioned) -> Option<Vec<String>>,
+    /// The object a policy sees of a stored version.
+    pub(crate) object: fn(&[u8], &Versioned) -> Result<crate::policy::Object, Error>,
 }
 
 fn current_stored<R: Resource>(key: &[u8], stored: &Versioned) -> Result<Current, Error> {
@@ -62,12 +65,17 @@ fn changed_stored<R: Resource>(key: &[u8], before: &Versioned, after: &Versioned
     Some(changed_fields(&before, &after))
 }
 
+fn object_stored<R: Resource>(key: &[u8], stored: &Versioned) -> Result<crate::policy::Object, Error> {
+    decode::<R>(key, stored).and_then(|r| crate::policy::object_of(&r, &stored.value))
+}
+
 impl Codec {
     pub(crate) fn of<R: Resource>() -> Self {
         Self {
             kind: R::KIND,
             current: current_stored::<R>,
             changed: changed_stored::<R>,
+            object: object_stored::<R>,
         }
     }
 }
@@ -158,6 +166,9 @@ impl StagedCount {
 pub(crate) struct Stage {
     pub(crate) objects: Vec<Staged>,
     pub(crate) counts: Vec<StagedCount>,
+    /// What the operations' policies looked up in the store, each with
+    /// the operation whose policies read it: preconditions of the commit.
+    pub(crate) lookups: Vec<(usize, Looked)>,
     /// Whether each operation is checked against the store as it is
     /// staged — its name free, its unique values free, its quota not
     /// reached — so that the first operation to fail is the one reported
@@ -334,10 +345,26 @@ impl Stage {
                 }
             }
         }
+        for (_, looked) in &self.lookups {
+            let staged = self.get(&looked.key);
+            let covered = staged.is_some_and(|s| s.original.as_ref().map(|o| o.revision) == looked.revision)
+                || commit.reads.iter().any(|r| r.key == looked.key);
+            if !covered {
+                commit.reads.push(Read {
+                    key: looked.key.clone(),
+                    expect: looked.revision.map_or(Expect::Absent, Expect::Revision),
+                });
+            }
+        }
         for c in &self.counts {
             c.counting.apply(&mut commit);
         }
         commit
+    }
+
+    /// The operation whose policies looked up `key`, if one did.
+    pub(crate) fn looked_up(&self, key: &[u8]) -> Option<usize> {
+        self.lookups.iter().find(|(_, l)| l.key == key).map(|(op, _)| *op)
     }
 }
 

@@ -10,6 +10,7 @@ use crate::engine::{Engine, decode, encode, etag_of, now};
 use crate::error::Error;
 use crate::idempotency::{Begin, check_fingerprint, replayed};
 use crate::kind::{Kind, Resource};
+use crate::lookup::StoreLookup;
 use crate::mask;
 use crate::names::Name;
 use crate::policy::{self, Input, Operation};
@@ -206,7 +207,7 @@ impl<S: Store> Engine<S> {
             caller.principal.clone_into(meta.created_by);
             caller.principal.clone_into(meta.updated_by);
         }
-        self.admit(caller, name, Operation::Create, None, Some(&r))
+        self.admit(stage, op, caller, name, Operation::Create, None, Some(&r))
             .await?;
         if stage.exact
             && stage.get(&key).is_none()
@@ -289,7 +290,7 @@ impl<S: Store> Engine<S> {
             *meta.update_time = Some(ts);
             caller.principal.clone_into(meta.updated_by);
         }
-        self.admit(caller, name, operation, Some(&current), next.as_ref())
+        self.admit(stage, op, caller, name, operation, Some(&current), next.as_ref())
             .await?;
         let uniques = next
             .as_ref()
@@ -328,9 +329,13 @@ impl<S: Store> Engine<S> {
     }
 
     /// Asks the tenant's policies bound to this kind and operation whether
-    /// the change may happen.
+    /// operation `op` may happen; what they look up becomes a precondition
+    /// of the stage's commit.
+    #[allow(clippy::too_many_arguments)]
     async fn admit<R: Resource>(
         &self,
+        stage: &mut Stage,
+        op: usize,
         caller: &Caller,
         name: &Name,
         operation: Operation,
@@ -357,9 +362,25 @@ impl<S: Store> Engine<S> {
             proposed: proposed.map(object).transpose()?,
             now_unix_ms: u64::try_from(now().0).unwrap_or_default(),
         };
-        self.policies
-            .judge(&*self.store, &bound, std::sync::Arc::new(input), &name.full(kind))
-            .await
+        let lookup = std::sync::Arc::new(StoreLookup::new(
+            std::sync::Arc::clone(&self.store),
+            &name.tenant,
+            stage,
+        ));
+        let judged = self
+            .policies
+            .judge(
+                &*self.store,
+                &bound,
+                std::sync::Arc::new(input),
+                &name.full(kind),
+                Some(lookup.clone()),
+            )
+            .await;
+        stage
+            .lookups
+            .extend(lookup.take_reads().into_iter().map(|looked| (op, looked)));
+        judged
     }
 }
 

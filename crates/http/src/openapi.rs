@@ -46,6 +46,7 @@ fn scalar(kind: &Kind, seen: &mut BTreeMap<String, MessageDescriptor>) -> Value 
                 json!({"type": "string", "description": "comma-separated field paths"})
             }
             "google.protobuf.Empty" => json!({"type": "object", "additionalProperties": false}),
+            "google.protobuf.Struct" => json!({"type": "object", "additionalProperties": true}),
             _ => {
                 seen.entry(m.full_name().to_string()).or_insert_with(|| m.clone());
                 reference(m)

@@ -50,8 +50,6 @@ extern crate alloc;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use serde::de::DeserializeOwned;
-
 #[cfg(all(not(feature = "std"), target_arch = "wasm32"))]
 mod arena;
 
@@ -111,17 +109,133 @@ fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
     core::arch::wasm32::unreachable()
 }
 
-/// The generated bindings of the `arbiter:policy/policy` world.
+/// The generated bindings of the `arbiter:policy/policy@0.1.0` world.
 #[allow(unsafe_code, missing_docs, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "policy",
-        path: "../../policies/wit",
+        path: "../../policies/wit/0.1.0",
         pub_export_macro: true,
         export_macro_name: "export_policy",
         default_bindings_module: "arbiter_policy_sdk::bindings",
         additional_derives: [PartialEq],
     });
+}
+
+/// The helpers of both world versions, over the generated types in scope
+/// (`Request`, `Object`, `Decision`, `Denial`, `DenialKind`, `Violation`).
+macro_rules! helpers {
+    () => {
+        impl Request {
+            /// The object as it will be: the proposed one, or on delete the current
+            /// one.
+            pub fn object(&self) -> Option<&Object> {
+                self.proposed.as_ref().or(self.current.as_ref())
+            }
+
+            /// The kind being changed: `vm`, `user` or `prompt`.
+            pub fn kind(&self) -> &str {
+                self.object().map_or("", |o| o.kind.as_str())
+            }
+
+            /// The state the object is in before the change (empty on create).
+            pub fn current_state(&self) -> &str {
+                self.current.as_ref().map_or("", |o| o.state.as_str())
+            }
+
+            /// Whether this is a transition into `state`, e.g. `"STOPPED"`.
+            pub fn is_moving_to(&self, state: &str) -> bool {
+                self.operation == Operation::Transition
+                    && self.proposed.as_ref().is_some_and(|o| o.state == state)
+            }
+
+            /// A label of the object as it is before the change, falling back to
+            /// the proposed object on create.
+            pub fn label(&self, key: &str) -> Option<&str> {
+                self.current
+                    .as_ref()
+                    .or(self.proposed.as_ref())
+                    .and_then(|o| o.label(key))
+            }
+        }
+
+        impl Object {
+            /// The value of a label.
+            pub fn label(&self, key: &str) -> Option<&str> {
+                self.labels
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.as_str())
+            }
+
+            /// The object's fields, parsed from its proto3 JSON.
+            pub fn spec(&self) -> Result<$crate::Spec, $crate::SpecError> {
+                serde_json::from_str(&self.spec_json)
+                    .map($crate::Spec)
+                    .map_err(|e| $crate::SpecError(e.to_string()))
+            }
+
+            /// The object's fields as your own type; name the fields in
+            /// lowerCamelCase (`#[serde(rename_all = "camelCase")]`), as proto3
+            /// JSON does.
+            pub fn spec_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, $crate::SpecError> {
+                serde_json::from_str(&self.spec_json).map_err(|e| $crate::SpecError(e.to_string()))
+            }
+        }
+
+        /// Lets the request go on.
+        pub fn allow() -> Decision {
+            Decision::Allow
+        }
+
+        /// A denial under construction; turn it into a [`Decision`] with `.into()`.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct Deny(pub Denial);
+
+        fn deny(kind: DenialKind, reason: &str, message: &str) -> Deny {
+            Deny(Denial {
+                kind,
+                reason: reason.to_string(),
+                message: message.to_string(),
+                violations: Vec::new(),
+            })
+        }
+
+        /// The object's current state conflicts with the request (gRPC
+        /// `FAILED_PRECONDITION`, HTTP 409). `reason` is UPPER_SNAKE_CASE; the
+        /// message says how to resolve it.
+        pub fn conflict(reason: &str, message: &str) -> Deny {
+            deny(DenialKind::Conflict, reason, message)
+        }
+
+        /// The request's values are not acceptable (gRPC `INVALID_ARGUMENT`, HTTP
+        /// 422); add a [`Deny::violation`] per bad field.
+        pub fn invalid(reason: &str, message: &str) -> Deny {
+            deny(DenialKind::Invalid, reason, message)
+        }
+
+        /// The principal may not do this (gRPC `PERMISSION_DENIED`, HTTP 403).
+        pub fn forbidden(reason: &str, message: &str) -> Deny {
+            deny(DenialKind::Forbidden, reason, message)
+        }
+
+        impl Deny {
+            /// Names a field (e.g. `vm.machine_type`) and what is wrong with it.
+            pub fn violation(mut self, field: &str, description: &str) -> Self {
+                self.0.violations.push(Violation {
+                    field: field.to_string(),
+                    description: description.to_string(),
+                });
+                self
+            }
+        }
+
+        impl From<Deny> for Decision {
+            fn from(deny: Deny) -> Self {
+                Decision::Deny(deny.0)
+            }
+        }
+    };
 }
 
 pub use bindings::Guest as Policy;
@@ -137,61 +251,21 @@ pub fn log(message: &str) {
     bindings::log(message);
 }
 
-impl Request {
-    /// The object as it will be: the proposed one, or on delete the current
-    /// one.
-    pub fn object(&self) -> Option<&Object> {
-        self.proposed.as_ref().or(self.current.as_ref())
-    }
+helpers!();
 
-    /// The kind being changed: `vm`, `user` or `prompt`.
-    pub fn kind(&self) -> &str {
-        self.object().map_or("", |o| o.kind.as_str())
-    }
+pub mod v2;
 
-    /// The state the object is in before the change (empty on create).
-    pub fn current_state(&self) -> &str {
-        self.current.as_ref().map_or("", |o| o.state.as_str())
-    }
+/// `spec-json` did not parse as expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError(pub String);
 
-    /// Whether this is a transition into `state`, e.g. `"STOPPED"`.
-    pub fn is_moving_to(&self, state: &str) -> bool {
-        self.operation == Operation::Transition && self.proposed.as_ref().is_some_and(|o| o.state == state)
-    }
-
-    /// A label of the object as it is before the change, falling back to
-    /// the proposed object on create.
-    pub fn label(&self, key: &str) -> Option<&str> {
-        self.current
-            .as_ref()
-            .or(self.proposed.as_ref())
-            .and_then(|o| o.label(key))
+impl core::fmt::Display for SpecError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "cannot read the object's spec: {}", self.0)
     }
 }
 
-impl Object {
-    /// The value of a label.
-    pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The object's fields, parsed from its proto3 JSON.
-    pub fn spec(&self) -> Result<Spec, SpecError> {
-        serde_json::from_str(&self.spec_json)
-            .map(Spec)
-            .map_err(|e| SpecError(e.to_string()))
-    }
-
-    /// The object's fields as your own type; name the fields in
-    /// lowerCamelCase (`#[serde(rename_all = "camelCase")]`), as proto3
-    /// JSON does.
-    pub fn spec_as<T: DeserializeOwned>(&self) -> Result<T, SpecError> {
-        serde_json::from_str(&self.spec_json).map_err(|e| SpecError(e.to_string()))
-    }
-}
+impl core::error::Error for SpecError {}
 
 /// An object's fields as proto3 JSON: lowerCamelCase names
 /// (`machineType`), enums by name, fields at their default value left out.
@@ -208,71 +282,6 @@ impl Spec {
     /// strings).
     pub fn str(&self, field: &str) -> &str {
         self.get(field).and_then(Value::as_str).unwrap_or_default()
-    }
-}
-
-/// `spec-json` did not parse as expected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpecError(pub String);
-
-impl core::fmt::Display for SpecError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "cannot read the object's spec: {}", self.0)
-    }
-}
-
-impl core::error::Error for SpecError {}
-
-/// Lets the request go on.
-pub fn allow() -> Decision {
-    Decision::Allow
-}
-
-/// A denial under construction; turn it into a [`Decision`] with `.into()`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Deny(pub Denial);
-
-fn deny(kind: DenialKind, reason: &str, message: &str) -> Deny {
-    Deny(Denial {
-        kind,
-        reason: reason.to_string(),
-        message: message.to_string(),
-        violations: Vec::new(),
-    })
-}
-
-/// The object's current state conflicts with the request (gRPC
-/// `FAILED_PRECONDITION`, HTTP 409). `reason` is UPPER_SNAKE_CASE; the
-/// message says how to resolve it.
-pub fn conflict(reason: &str, message: &str) -> Deny {
-    deny(DenialKind::Conflict, reason, message)
-}
-
-/// The request's values are not acceptable (gRPC `INVALID_ARGUMENT`, HTTP
-/// 422); add a [`Deny::violation`] per bad field.
-pub fn invalid(reason: &str, message: &str) -> Deny {
-    deny(DenialKind::Invalid, reason, message)
-}
-
-/// The principal may not do this (gRPC `PERMISSION_DENIED`, HTTP 403).
-pub fn forbidden(reason: &str, message: &str) -> Deny {
-    deny(DenialKind::Forbidden, reason, message)
-}
-
-impl Deny {
-    /// Names a field (e.g. `vm.machine_type`) and what is wrong with it.
-    pub fn violation(mut self, field: &str, description: &str) -> Self {
-        self.0.violations.push(Violation {
-            field: field.to_string(),
-            description: description.to_string(),
-        });
-        self
-    }
-}
-
-impl From<Deny> for Decision {
-    fn from(deny: Deny) -> Self {
-        Decision::Deny(deny.0)
     }
 }
 

@@ -25,12 +25,30 @@
 //! (`machineType: e2-small`); `name`, `state` and `labels` are added to it
 //! as the server does. `expect` may also list `violations` (fields that
 //! must be among the denial's) and `message_contains`.
+//!
+//! For modules of `arbiter:policy@0.2.0`, `settings` (in `defaults`, or
+//! per case) are the binding's settings; they are checked with the
+//! module's `validate-settings` first (`expect: {settings_rejected: true}`
+//! expects a refusal). `objects` (in `defaults`, or per case, added to the
+//! defaults') are what `lookup` finds, by `name`, within the request's
+//! tenant, as the server would:
+//!
+//! ```yaml
+//! defaults:
+//!   settings: {machine_types: [e2-small]}
+//!   objects:
+//!     - {kind: user, name: tenants/acme/users/bob, state: ACTIVE}
+//! ```
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
-use arbiter_core::policy::{DenialKind, Fault, FaultKind, Input, Limits, Object, Operation, Verdict};
+use std::sync::Arc;
+
+use arbiter_core::policy::{
+    Call, DenialKind, Fault, FaultKind, Input, Limits, Lookup, NO_SETTINGS, Object, Operation, Verdict,
+};
 use serde::Deserialize;
 
 use crate::host::Host;
@@ -66,6 +84,9 @@ struct Defaults {
     now_unix_ms: Option<u64>,
     #[serde(default)]
     limits: CaseLimits,
+    settings: Option<serde_json::Value>,
+    #[serde(default)]
+    objects: Vec<ObjectSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +97,9 @@ struct Case {
     expect: Expect,
     #[serde(default)]
     limits: CaseLimits,
+    settings: Option<serde_json::Value>,
+    #[serde(default)]
+    objects: Vec<ObjectSpec>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -127,6 +151,8 @@ struct Expect {
     violations: Vec<String>,
     message_contains: Option<String>,
     fault: Option<FaultName>,
+    #[serde(default)]
+    settings_rejected: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -150,6 +176,36 @@ enum FaultName {
     Timeout,
     Memory,
     Trap,
+}
+
+/// What `lookup` finds in a case: its objects, within the request's
+/// tenant, as the server's lookups do.
+struct Fixtures {
+    tenant: String,
+    objects: Vec<Object>,
+}
+
+impl Lookup for Fixtures {
+    fn lookup(&self, name: &str) -> Result<Option<Object>, Fault> {
+        let mut parts = name.split('/');
+        let readable = parts.next() == Some("tenants")
+            && parts.next() == Some(self.tenant.as_str())
+            && matches!(parts.next(), Some("vms" | "users" | "prompts"))
+            && parts.next().is_some_and(|id| !id.is_empty())
+            && parts.next().is_none();
+        Ok(readable
+            .then(|| self.objects.iter().find(|o| o.name == name).cloned())
+            .flatten())
+    }
+}
+
+/// The kind whose collection a name is in: `tenants/t/users/bob` → `user`.
+fn kind_of_name(name: &str) -> &'static str {
+    match name.split('/').nth(2) {
+        Some("users") => "user",
+        Some("prompts") => "prompt",
+        _ => "vm",
+    }
 }
 
 /// The outcome of a run.
@@ -393,7 +449,41 @@ pub fn run_as(
     format: Format,
     out: &mut impl Write,
 ) -> Result<Report, CasesError> {
-    let file: File = serde_yaml::from_str(cases).map_err(|e| CasesError::Parse(e.to_string()))?;
+    run_with(
+        host,
+        module,
+        cases,
+        &Options {
+            format,
+            settings: None,
+        },
+        out,
+    )
+}
+
+/// How [`run_with`] runs and reports.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The report's format.
+    pub format: Format,
+    /// Settings for the cases that give none, over the file's defaults
+    /// (`arbiter policy test --settings FILE`).
+    pub settings: Option<serde_json::Value>,
+}
+
+/// Runs every case of `cases` (YAML) against `module` as `options` say.
+pub fn run_with(
+    host: &Host,
+    module: &[u8],
+    cases: &str,
+    options: &Options,
+    out: &mut impl Write,
+) -> Result<Report, CasesError> {
+    let format = options.format;
+    let mut file: File = serde_yaml::from_str(cases).map_err(|e| CasesError::Parse(e.to_string()))?;
+    if let Some(settings) = &options.settings {
+        file.defaults.settings = Some(settings.clone());
+    }
     let digest = arbiter_core::policy_admin::module_digest(module);
     let digest = digest.as_str();
     host.load_blocking(digest, module).map_err(CasesError::Module)?;
@@ -405,11 +495,65 @@ pub fn run_as(
             timeout: Duration::from_millis(given.0.timeout_ms.or(given.1.timeout_ms).unwrap_or(50)),
             memory_bytes: given.0.memory_bytes.or(given.1.memory_bytes).unwrap_or(16 << 20),
         };
+        let settings_json: Arc<str> = match case.settings.as_ref().or(file.defaults.settings.as_ref()) {
+            Some(settings) => settings.to_string().into(),
+            None => NO_SETTINGS.into(),
+        };
+        let objects = file
+            .defaults
+            .objects
+            .iter()
+            .chain(&case.objects)
+            .map(|o| {
+                o.object(
+                    o.kind
+                        .as_deref()
+                        .unwrap_or_else(|| kind_of_name(o.name.as_deref().unwrap_or_default())),
+                )
+            })
+            .collect();
         let input = input(case.request, &file.defaults);
+        let call = Call {
+            settings_json: Arc::clone(&settings_json),
+            lookup: Some(Arc::new(Fixtures {
+                tenant: input.tenant.clone(),
+                objects,
+            })),
+            ..Call::new(digest, &case.name, limits)
+        };
         let started = std::time::Instant::now();
-        let result = host.evaluate_blocking(digest, &case.name, limits, &input);
-        let took = started.elapsed();
-        let failure = mismatch(&case.expect, &result).map(|why| format!("{why}, got {}", describe(&result)));
+        let refused = match host.validate_settings_blocking(&call) {
+            Ok(Ok(())) => None,
+            Ok(Err(why)) => Some(why),
+            Err(fault) => Some(format!("validate-settings failed: {}", fault.detail)),
+        };
+        let (failure, took) = match (refused, case.expect.settings_rejected) {
+            (Some(why), true) => {
+                let failure = case
+                    .expect
+                    .message_contains
+                    .as_ref()
+                    .filter(|text| !why.contains(text.as_str()))
+                    .map(|text| format!("expected the refusal to contain {text:?}, got {why:?}"));
+                (failure, started.elapsed())
+            }
+            (Some(why), false) => (
+                Some(format!("the module refuses the settings: {why}")),
+                started.elapsed(),
+            ),
+            (None, true) => (
+                Some("expected the settings to be refused, but the module accepts them".into()),
+                started.elapsed(),
+            ),
+            (None, false) => {
+                let result = host.evaluate_call_blocking(&call, &input);
+                let took = started.elapsed();
+                (
+                    mismatch(&case.expect, &result).map(|why| format!("{why}, got {}", describe(&result))),
+                    took,
+                )
+            }
+        };
         if failure.is_none() {
             report.passed += 1;
         } else {

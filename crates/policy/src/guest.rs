@@ -1,7 +1,10 @@
 //! The store state of one evaluation: a WASI context with no capabilities,
 //! the memory limiter, and what the policy logged.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use arbiter_core::policy::{Fault, FaultKind, Lookup, MAX_LOOKUPS};
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -54,6 +57,12 @@ pub struct GuestState {
     pub logged: Vec<String>,
     /// Captured stdout and stderr, once WASI is in use.
     output: Option<(MemoryOutputPipe, MemoryOutputPipe)>,
+    /// What `lookup` reads, if anything.
+    lookup: Option<Arc<dyn Lookup>>,
+    /// `lookup` calls so far.
+    lookups: usize,
+    /// Why a host call stopped the evaluation, when one did.
+    pub fault: Option<Fault>,
 }
 
 /// Most WASI resources (streams, pollables, ...) one evaluation may hold:
@@ -78,7 +87,16 @@ impl GuestState {
             limiter: MemoryLimiter::new(memory_bytes),
             logged: Vec::new(),
             output: None,
+            lookup: None,
+            lookups: 0,
+            fault: None,
         }
+    }
+
+    /// The state with `lookup` reading through `lookup`.
+    pub fn with_lookup(mut self, lookup: Option<Arc<dyn Lookup>>) -> Self {
+        self.lookup = lookup;
+        self
     }
 
     /// What the policy wrote to stdout and to stderr.
@@ -117,15 +135,63 @@ impl WasiView for GuestState {
     }
 }
 
-impl crate::bindings::arbiter::policy::types::Host for GuestState {}
+impl crate::bindings::v1::arbiter::policy::types::Host for GuestState {}
+impl crate::bindings::v2::arbiter::policy::types::Host for GuestState {}
 
-impl crate::bindings::PolicyImports for GuestState {
+impl GuestState {
     /// Keeps the first few lines of an evaluation, each cut to the length
     /// the server log takes: a guest's string may be as large as its memory.
-    fn log(&mut self, message: String) {
+    fn keep_line(&mut self, message: &str) {
         if self.logged.len() < PER_EVALUATION {
             self.logged
-                .push(arbiter_core::policy::truncate(&message, MAX_LINE));
+                .push(arbiter_core::policy::truncate(message, MAX_LINE));
+        }
+    }
+
+    /// Stops the evaluation with `fault`.
+    fn stop(&mut self, fault: Fault) -> wasmtime::Error {
+        let error = wasmtime::Error::msg(fault.detail.clone());
+        self.fault = Some(fault);
+        error
+    }
+}
+
+impl crate::bindings::v1::PolicyImports for GuestState {
+    fn log(&mut self, message: String) {
+        self.keep_line(&message);
+    }
+}
+
+/// Longest name `lookup` reads: longer ones name nothing.
+const MAX_LOOKUP_NAME: usize = 512;
+
+impl crate::bindings::v2::PolicyImports for GuestState {
+    fn log(&mut self, message: String) {
+        self.keep_line(&message);
+    }
+
+    /// Reads an object of the request's tenant; the 17th call of an
+    /// evaluation stops it with a fault.
+    fn lookup(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Option<crate::bindings::v2::arbiter::policy::types::Object>> {
+        self.lookups += 1;
+        if self.lookups > MAX_LOOKUPS {
+            return Err(self.stop(Fault::new(
+                FaultKind::Trap,
+                format!("it called lookup more than {MAX_LOOKUPS} times in one evaluation"),
+            )));
+        }
+        let Some(lookup) = self.lookup.clone() else {
+            return Ok(None);
+        };
+        if name.len() > MAX_LOOKUP_NAME {
+            return Ok(None);
+        }
+        match lookup.lookup(&name) {
+            Ok(found) => Ok(found.as_ref().map(crate::convert::v2::object)),
+            Err(fault) => Err(self.stop(fault)),
         }
     }
 }
@@ -133,7 +199,7 @@ impl crate::bindings::PolicyImports for GuestState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::PolicyImports;
+    use crate::bindings::v1::PolicyImports;
 
     #[test]
     fn logged_lines_are_few_and_short() {

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arbiter_core::policy::{BoxFuture, Fault, FaultKind, Input, Limits, LoadError, PolicyRuntime, Verdict};
+use arbiter_core::policy::{
+    BoxFuture, Call, Fault, FaultKind, Input, Limits, LoadError, Lookup, NO_SETTINGS, PolicyRuntime, Verdict,
+};
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -15,7 +17,7 @@ use wasmtime::{
     Trap,
 };
 
-use crate::bindings::{Policy, PolicyPre};
+use crate::bindings::{v1, v2};
 use crate::convert;
 use crate::guest::GuestState;
 use crate::logs::{LogLimiter, lines_of};
@@ -181,8 +183,16 @@ impl std::fmt::Debug for Host {
     }
 }
 
+/// A linked module of either world version.
+#[derive(Clone)]
+enum Pre {
+    V1(v1::PolicyPre<GuestState>),
+    V2(v2::PolicyPre<GuestState>),
+}
+
 struct Inner {
     engine: Engine,
+    /// Links components of `arbiter:policy@0.1.0` and of `@0.2.0`.
     linker: Linker<GuestState>,
     modules: Mutex<Modules>,
     compiles: Compiles,
@@ -236,13 +246,13 @@ const TABLES_PER_COMPONENT: u32 = 32;
 
 /// The compiled modules in memory, least recently used dropped first.
 struct Modules {
-    loaded: HashMap<String, (PolicyPre<GuestState>, u64)>,
+    loaded: HashMap<String, (Pre, u64)>,
     clock: u64,
     max: usize,
 }
 
 impl Modules {
-    fn get(&mut self, digest: &str) -> Option<PolicyPre<GuestState>> {
+    fn get(&mut self, digest: &str) -> Option<Pre> {
         self.clock += 1;
         let clock = self.clock;
         self.loaded.get_mut(digest).map(|(pre, used)| {
@@ -251,7 +261,7 @@ impl Modules {
         })
     }
 
-    fn insert(&mut self, digest: String, pre: PolicyPre<GuestState>) {
+    fn insert(&mut self, digest: String, pre: Pre) {
         while self.loaded.len() >= self.max.max(1) {
             let Some(oldest) = self
                 .loaded
@@ -338,10 +348,17 @@ impl Host {
     /// capability-free WASI and the `log` import, and the epoch thread.
     pub fn new(config: &HostConfig) -> Result<Self, HostError> {
         let engine = engine(config)?;
+        // One linker serves both versions: the imports of 0.2.0 are those
+        // of 0.1.0 (`log`, the same function in both) plus `lookup`, and
+        // a component may import the type-only `types` instances of both
+        // (the SDK's components do).
+        let host_error = |e: wasmtime::Error| HostError(e.to_string());
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| HostError(e.to_string()))?;
-        Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
-            .map_err(|e| HostError(e.to_string()))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(host_error)?;
+        v1::Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state).map_err(host_error)?;
+        linker.allow_shadowing(true);
+        v2::Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state).map_err(host_error)?;
+        linker.allow_shadowing(false);
         let stop_ticking = Arc::new(AtomicBool::new(false));
         start_ticker(engine.clone(), Arc::clone(&stop_ticking))?;
         Ok(Self {
@@ -395,13 +412,16 @@ impl Host {
     /// calling it: the fixed cost of an evaluation, for benchmarks.
     pub fn instantiate_blocking(&self, digest: &str, limits: Limits) -> Result<(), Fault> {
         let pre = self.inner.loaded(digest)?;
-        let mut store = self.inner.store(0, limits);
-        pre.instantiate(&mut store)
-            .map(drop)
-            .map_err(|e| classify(&e, store.data(), limits, &[]))
+        let mut store = self.inner.store(0, limits, None);
+        let instantiated = match &pre {
+            Pre::V1(pre) => pre.instantiate(&mut store).map(drop),
+            Pre::V2(pre) => pre.instantiate(&mut store).map(drop),
+        };
+        instantiated.map_err(|e| classify(&e, store.data(), limits, &[]))
     }
 
-    /// Evaluates a loaded module on this thread. Blocking.
+    /// Evaluates a loaded module on this thread, with no settings and no
+    /// lookups. Blocking.
     pub fn evaluate_blocking(
         &self,
         digest: &str,
@@ -409,32 +429,81 @@ impl Host {
         limits: Limits,
         input: &Input,
     ) -> Result<Verdict, Fault> {
-        self.inner.evaluate(digest, policy, limits, input)
+        self.inner.evaluate(&Call::new(digest, policy, limits), input)
+    }
+
+    /// Evaluates `call` on `input` on this thread. Blocking.
+    pub fn evaluate_call_blocking(&self, call: &Call, input: &Input) -> Result<Verdict, Fault> {
+        self.inner.evaluate(call, input)
+    }
+
+    /// Asks a loaded module whether it accepts `call.settings_json`, on
+    /// this thread. Blocking.
+    pub fn validate_settings_blocking(&self, call: &Call) -> Result<Result<(), String>, Fault> {
+        self.inner.validate_settings(call)
+    }
+
+    /// The world version of a loaded module: `"0.1.0"` or `"0.2.0"`.
+    pub fn version(&self, digest: &str) -> Option<&'static str> {
+        self.inner.loaded(digest).ok().map(|pre| match pre {
+            Pre::V1(_) => "0.1.0",
+            Pre::V2(_) => "0.2.0",
+        })
     }
 }
 
+/// Whether `settings_json` is an empty JSON object: the settings a module
+/// of `arbiter:policy@0.1.0` accepts.
+fn no_settings(settings_json: &str) -> bool {
+    let trimmed: String = settings_json.chars().filter(|c| !c.is_whitespace()).collect();
+    trimmed == NO_SETTINGS
+}
+
+/// Whether a component was built against `arbiter:policy@0.2.0`: it
+/// exports `validate-settings`. (Its imports do not tell: a component of
+/// 0.1.0 built with the SDK imports the type-only `types` of both.)
+fn is_v2(engine: &Engine, component: &Component) -> bool {
+    component
+        .component_type()
+        .exports(engine)
+        .any(|(name, _)| name == "validate-settings")
+}
+
 impl Inner {
-    fn compile(&self, module: &[u8]) -> Result<PolicyPre<GuestState>, String> {
+    fn compile(&self, module: &[u8]) -> Result<Pre, String> {
         check_header(module)?;
         self.compiles.done.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("arbiter_policy_compiles_total").increment(1);
         let component = Component::new(&self.engine, module)
             .map_err(|e| format!("is not a valid component: {}", first_line(&format!("{e:#}"))))?;
+        let (version, exports) = if is_v2(&self.engine, &component) {
+            (
+                "0.2.0",
+                "`evaluate: func(req: request) -> decision` and `validate-settings: func(settings-json: string) -> result<_, string>`",
+            )
+        } else {
+            ("0.1.0", "`evaluate: func(req: request) -> decision`")
+        };
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             format!(
-                "imports what policies cannot use ({}); a policy may import only WASI and `log` of arbiter:policy@0.1.0",
+                "imports what policies cannot use ({}); a policy may import only WASI and the imports of arbiter:policy (`log`, and `lookup` since 0.2.0)",
                 first_line(&format!("{e:#}"))
             )
         })?;
-        PolicyPre::new(pre).map_err(|e| {
+        let wrong_world = |e: wasmtime::Error| {
             format!(
-                "is not of the world arbiter:policy/policy@0.1.0 ({}); it must export `evaluate: func(req: request) -> decision`",
+                "is not of the world arbiter:policy/policy@{version} ({}); it must export {exports}",
                 first_line(&format!("{e:#}"))
             )
-        })
+        };
+        if version == "0.2.0" {
+            v2::PolicyPre::new(pre).map(Pre::V2).map_err(wrong_world)
+        } else {
+            v1::PolicyPre::new(pre).map(Pre::V1).map_err(wrong_world)
+        }
     }
 
-    fn loaded(&self, digest: &str) -> Result<PolicyPre<GuestState>, Fault> {
+    fn loaded(&self, digest: &str) -> Result<Pre, Fault> {
         self.modules
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -443,31 +512,66 @@ impl Inner {
     }
 
     /// A fresh store for one evaluation, with its limits.
-    fn store(&self, now_unix_ms: u64, limits: Limits) -> Store<GuestState> {
-        let mut store = Store::new(&self.engine, GuestState::new(now_unix_ms, limits.memory_bytes));
+    fn store(&self, now_unix_ms: u64, limits: Limits, lookup: Option<Arc<dyn Lookup>>) -> Store<GuestState> {
+        let state = GuestState::new(now_unix_ms, limits.memory_bytes).with_lookup(lookup);
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         let ticks = limits.timeout.as_millis().div_ceil(TICK.as_millis()) + 1;
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
         store
     }
 
-    fn evaluate(&self, digest: &str, policy: &str, limits: Limits, input: &Input) -> Result<Verdict, Fault> {
-        let pre = self.loaded(digest)?;
-        let mut store = self.store(input.now_unix_ms, limits);
-        let request = convert::request(input);
+    fn evaluate(&self, call: &Call, input: &Input) -> Result<Verdict, Fault> {
+        let pre = self.loaded(&call.digest)?;
+        let mut store = self.store(input.now_unix_ms, call.limits, call.lookup.clone());
+        let result = match &pre {
+            Pre::V1(pre) => {
+                let request = convert::v1::request(input);
+                pre.instantiate(&mut store)
+                    .and_then(|instance| instance.call_evaluate(&mut store, &request))
+                    .map(convert::v1::verdict)
+            }
+            Pre::V2(pre) => {
+                let request = convert::v2::request(input, &call.settings_json);
+                pre.instantiate(&mut store)
+                    .and_then(|instance| instance.call_evaluate(&mut store, &request))
+                    .map(convert::v2::verdict)
+            }
+        };
+        self.finish(&call.policy, call.limits, store.data(), result)
+    }
+
+    fn validate_settings(&self, call: &Call) -> Result<Result<(), String>, Fault> {
+        let pre = self.loaded(&call.digest)?;
+        let Pre::V2(pre) = pre else {
+            return Ok(if no_settings(&call.settings_json) {
+                Ok(())
+            } else {
+                Err("the module is a component of arbiter:policy@0.1.0, which takes no settings; build it against arbiter:policy@0.2.0 to use settings".into())
+            });
+        };
+        let mut store = self.store(0, call.limits, None);
         let result = pre
             .instantiate(&mut store)
-            .and_then(|instance| instance.call_evaluate(&mut store, &request));
-        let state = store.data();
+            .and_then(|instance| instance.call_validate_settings(&mut store, &call.settings_json));
+        self.finish(&call.policy, call.limits, store.data(), result)
+    }
+
+    /// Logs what an evaluation wrote and names what stopped it, if
+    /// anything did.
+    fn finish<T>(
+        &self,
+        policy: &str,
+        limits: Limits,
+        state: &GuestState,
+        result: wasmtime::Result<T>,
+    ) -> Result<T, Fault> {
         self.logs.emit(policy, "log", &state.logged);
         let (stdout, stderr) = state.output();
         let (stdout, stderr) = (lines_of(&stdout), lines_of(&stderr));
         self.logs.emit(policy, "stdout", &stdout);
         self.logs.emit(policy, "stderr", &stderr);
-        match result {
-            Ok(decision) => Ok(convert::verdict(decision)),
-            Err(e) => Err(classify(&e, state, limits, &stderr)),
-        }
+        result.map_err(|e| classify(&e, state, limits, &stderr))
     }
 }
 
@@ -475,6 +579,9 @@ impl Inner {
 /// `stderr` holds the first lines the policy wrote there: a panic message,
 /// say, which tells the policy's owner what went wrong.
 fn classify(error: &wasmtime::Error, state: &GuestState, limits: Limits, stderr: &[String]) -> Fault {
+    if let Some(fault) = &state.fault {
+        return fault.clone();
+    }
     if state.limiter.exceeded() {
         return Fault::new(
             FaultKind::Memory,
@@ -578,34 +685,61 @@ impl PolicyRuntime for Host {
             .contains_key(digest)
     }
 
-    fn evaluate(
-        &self,
-        digest: String,
-        policy: String,
-        limits: Limits,
-        input: Arc<Input>,
-    ) -> BoxFuture<'_, Result<Verdict, Fault>> {
+    fn evaluate(&self, call: Call, input: Arc<Input>) -> BoxFuture<'_, Result<Verdict, Fault>> {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             let slot = inner.slots.acquire(&input.tenant).await?;
-            let run = move || {
+            run_in_slot(move || {
                 let _slot = slot;
-                inner.evaluate(&digest, &policy, limits, &input)
-            };
-            // On the multi-threaded runtime the evaluation runs on this
-            // thread, which first hands its other tasks to another worker:
-            // no wake-up of a pool thread and no wait for it to be
-            // scheduled, which on a busy machine costs far more than the
-            // evaluation. Elsewhere (single-threaded runtimes, as in some
-            // tests), on the blocking pool.
-            if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-                tokio::task::block_in_place(run)
-            } else {
-                tokio::task::spawn_blocking(run).await.map_err(|e| {
-                    Fault::new(FaultKind::Unavailable, format!("the evaluation task failed: {e}"))
-                })?
-            }
+                inner.evaluate(&call, &input)
+            })
+            .await
         })
+    }
+
+    fn validate_settings(
+        &self,
+        digest: String,
+        limits: Limits,
+        settings_json: String,
+    ) -> BoxFuture<'_, Result<Result<(), String>, Fault>> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            // Validations share the slots of evaluations: an admin's
+            // uploads never take more than one tenant's share.
+            let slot = inner.slots.acquire(VALIDATIONS).await?;
+            let call = Call {
+                settings_json: settings_json.into(),
+                ..Call::new(digest, "settings validation", limits)
+            };
+            run_in_slot(move || {
+                let _slot = slot;
+                inner.validate_settings(&call)
+            })
+            .await
+        })
+    }
+}
+
+/// The slot key of settings validations: not a tenant id (ids are RFC 1123
+/// labels), so it never shares a tenant's slots.
+const VALIDATIONS: &str = "#validations";
+
+/// Runs an evaluation that holds its slot.
+async fn run_in_slot<T: Send + 'static>(
+    run: impl FnOnce() -> Result<T, Fault> + Send + 'static,
+) -> Result<T, Fault> {
+    // On the multi-threaded runtime the evaluation runs on this thread,
+    // which first hands its other tasks to another worker: no wake-up of a
+    // pool thread and no wait for it to be scheduled, which on a busy
+    // machine costs far more than the evaluation. Elsewhere
+    // (single-threaded runtimes, as in some tests), on the blocking pool.
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        tokio::task::block_in_place(run)
+    } else {
+        tokio::task::spawn_blocking(run)
+            .await
+            .map_err(|e| Fault::new(FaultKind::Unavailable, format!("the evaluation task failed: {e}")))?
     }
 }
 

@@ -1,7 +1,7 @@
 //! Arbiter's WebAssembly policy host.
 //!
 //! Tenants upload WebAssembly components of the world `arbiter:policy/policy`
-//! (`policies/wit/arbiter-policy.wit`); [`Host`] runs them for the engine as
+//! (`policies/wit/0.1.0` and `policies/wit/0.2.0`; the host accepts both); [`Host`] runs them for the engine as
 //! its [`arbiter_core::PolicyRuntime`]. It narrows wasmtime to what running
 //! untrusted, short-lived policies needs:
 //!
@@ -35,11 +35,25 @@ mod logs;
 
 pub use host::{Host, HostConfig, default_tenant_concurrency};
 
-/// The generated host bindings of the `arbiter:policy/policy` world.
+/// The generated host bindings of both versions of the
+/// `arbiter:policy/policy` world.
 #[allow(unsafe_code, missing_docs, clippy::all)]
 mod bindings {
-    wasmtime::component::bindgen!({
-        world: "policy",
-        path: "../../policies/wit",
-    });
+    /// `arbiter:policy@0.1.0`: `evaluate` and `log`.
+    pub mod v1 {
+        wasmtime::component::bindgen!({
+            world: "policy",
+            path: "../../policies/wit/0.1.0",
+        });
+    }
+
+    /// `arbiter:policy@0.2.0`: adds settings, `lookup` and
+    /// `validate-settings`.
+    pub mod v2 {
+        wasmtime::component::bindgen!({
+            world: "policy",
+            path: "../../policies/wit/0.2.0",
+            imports: { "lookup": trappable },
+        });
+    }
 }

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use arbiter_core::policy::{FaultKind, Input, Limits, Object, Operation, Verdict};
+use arbiter_core::policy::{Call, FaultKind, Input, Limits, Object, Operation, Verdict};
 use arbiter_policy::{Host, HostConfig, cases};
 use arbiter_test_guests as guests;
 
@@ -29,6 +29,7 @@ fn the_examples_pass_their_cases() {
         (guests::VM_GUARD, "vm-guard"),
         (guests::PROMPT_REVIEW, "prompt-review"),
         (guests::USER_GUARD, "user-guard"),
+        (guests::USER_MANAGER, "user-manager"),
         (guests::REQUIRE_LABELS_PY, "require-labels-py"),
     ] {
         let mut out = Vec::new();
@@ -37,6 +38,178 @@ fn the_examples_pass_their_cases() {
         assert_eq!(report.failed, 0, "{example}:\n{out}");
         assert!(report.passed >= 4, "{example}:\n{out}");
     }
+}
+
+fn vm_create(machine_type: &str, labels: &[(&str, &str)]) -> Input {
+    let object = Object {
+        kind: "vm".into(),
+        name: "tenants/acme/vms/web-1".into(),
+        state: "STOPPED".into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        spec_json: format!(r#"{{"machineType":"{machine_type}"}}"#),
+        revision: 0,
+    };
+    Input {
+        operation: Operation::Create,
+        tenant: "acme".into(),
+        principal: "alice".into(),
+        current: None,
+        proposed: Some(object),
+        now_unix_ms: 0,
+    }
+}
+
+fn call(digest: &str, settings: &str) -> Call {
+    Call {
+        settings_json: settings.into(),
+        ..Call::new(digest, "test", LIMITS)
+    }
+}
+
+const LIMITS: Limits = Limits {
+    timeout: Duration::from_millis(200),
+    memory_bytes: 16 << 20,
+};
+
+#[test]
+fn components_of_both_versions_run_side_by_side() {
+    let host = host();
+    host.load_blocking("vm-guard", &guests::read(guests::VM_GUARD))
+        .unwrap();
+    host.load_blocking("user-guard", &guests::read(guests::USER_GUARD))
+        .unwrap();
+    assert_eq!(host.version("vm-guard"), Some("0.2.0"));
+    assert_eq!(host.version("user-guard"), Some("0.1.0"));
+    let create = vm_create("m9-enormous", &[]);
+    let denied = host.evaluate_blocking("vm-guard", "t", LIMITS, &create).unwrap();
+    assert!(matches!(denied, Verdict::Deny(d) if d.reason == "MACHINE_TYPE_NOT_ALLOWED"));
+    // user-guard (0.1.0) lets VMs through, whatever the settings say.
+    let allowed = host
+        .evaluate_blocking("user-guard", "t", LIMITS, &create)
+        .unwrap();
+    assert_eq!(allowed, Verdict::Allow);
+}
+
+#[test]
+fn settings_decide_and_bad_settings_are_refused_in_the_modules_words() {
+    let host = host();
+    host.load_blocking("vm-guard", &guests::read(guests::VM_GUARD))
+        .unwrap();
+    host.load_blocking("user-guard", &guests::read(guests::USER_GUARD))
+        .unwrap();
+    let create = vm_create("n2-standard-2", &[]);
+    let wide = call("vm-guard", "{}");
+    let narrow = call("vm-guard", r#"{"machine_types":["e2-small"]}"#);
+    assert_eq!(
+        host.evaluate_call_blocking(&wide, &create).unwrap(),
+        Verdict::Allow
+    );
+    let denied = host.evaluate_call_blocking(&narrow, &create).unwrap();
+    assert!(
+        matches!(&denied, Verdict::Deny(d) if d.message.contains("e2-small")),
+        "{denied:?}"
+    );
+
+    assert_eq!(host.validate_settings_blocking(&narrow).unwrap(), Ok(()));
+    let typo = host
+        .validate_settings_blocking(&call("vm-guard", r#"{"machine_typo":["x"]}"#))
+        .unwrap();
+    assert!(
+        typo.as_ref().is_err_and(|why| why.contains("machine_typo")),
+        "{typo:?}"
+    );
+    // A 0.1.0 module takes no settings.
+    assert_eq!(
+        host.validate_settings_blocking(&call("user-guard", " { } "))
+            .unwrap(),
+        Ok(())
+    );
+    let refused = host
+        .validate_settings_blocking(&call("user-guard", r#"{"a":1}"#))
+        .unwrap();
+    assert!(refused.is_err_and(|why| why.contains("0.1.0")));
+}
+
+/// Finds objects by name, and counts the calls.
+struct Objects(Vec<Object>, std::sync::atomic::AtomicUsize);
+
+impl arbiter_core::policy::Lookup for Objects {
+    fn lookup(&self, name: &str) -> Result<Option<Object>, arbiter_core::policy::Fault> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(self.0.iter().find(|o| o.name == name).cloned())
+    }
+}
+
+#[test]
+fn lookups_read_through_the_host_and_are_capped_at_sixteen() {
+    let host = host();
+    host.load_blocking("lookups", &guests::read(guests::LOOKUPS))
+        .unwrap();
+    let bob = Object {
+        kind: "user".into(),
+        name: "tenants/acme/users/bob".into(),
+        state: "ACTIVE".into(),
+        labels: Vec::new(),
+        spec_json: "{}".into(),
+        revision: 7,
+    };
+    let objects = std::sync::Arc::new(Objects(vec![bob], Default::default()));
+    let with = |settings: &str| Call {
+        lookup: Some(objects.clone()),
+        ..call("lookups", settings)
+    };
+    let report = vm_create("e2-small", &[("lookup", "users.bob_users.carol")]);
+    let found = host
+        .evaluate_call_blocking(&with(r#"{"report":true}"#), &report)
+        .unwrap();
+    let Verdict::Deny(denial) = found else {
+        panic!("{found:?}")
+    };
+    assert_eq!(
+        denial.message,
+        "tenants/acme/users/bob=ACTIVE@7;tenants/acme/users/carol=none"
+    );
+
+    let sixteen = host.evaluate_call_blocking(&with(r#"{"lookups":16}"#), &report);
+    assert_eq!(sixteen, Ok(Verdict::Allow));
+    let seventeen = host
+        .evaluate_call_blocking(&with(r#"{"lookups":17}"#), &report)
+        .unwrap_err();
+    assert_eq!(seventeen.kind, FaultKind::Trap);
+    assert!(seventeen.detail.contains("more than 16"), "{}", seventeen.detail);
+    // The 17th call never reached the store.
+    assert_eq!(objects.1.load(std::sync::atomic::Ordering::Relaxed), 2 + 16 + 16);
+    // Without a lookup source, lookups find nothing.
+    let none = host
+        .evaluate_call_blocking(&call("lookups", r#"{"report":true}"#), &report)
+        .unwrap();
+    assert!(
+        matches!(none, Verdict::Deny(d) if d.message.ends_with("bob=none;tenants/acme/users/carol=none"))
+    );
+}
+
+#[test]
+fn policy_test_takes_settings_from_the_command_line() {
+    let host = host();
+    let cases = "cases:\n  - name: n2 is allowed by default\n    request: {operation: create, kind: vm, proposed: {name: tenants/a/vms/x, spec: {machineType: n2-standard-2}}}\n    expect: {decision: allow}\n";
+    let module = guests::read(guests::VM_GUARD);
+    let options = cases::Options {
+        settings: Some(serde_json::json!({"machine_types": ["e2-small"]})),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    let report = cases::run_with(&host, &module, cases, &options, &mut out).unwrap();
+    assert_eq!(
+        (report.passed, report.failed),
+        (0, 1),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let report = cases::run_with(&host, &module, cases, &cases::Options::default(), &mut Vec::new()).unwrap();
+    assert_eq!((report.passed, report.failed), (1, 0));
 }
 
 #[test]

@@ -125,6 +125,10 @@ enum PolicyCommand {
         /// How to report: a line per case, one JSON document, or JUnit XML.
         #[arg(long, value_enum, default_value = "text")]
         format: ReportFormat,
+        /// The binding's settings (YAML or JSON) for the cases that give
+        /// none.
+        #[arg(long)]
+        settings: Option<PathBuf>,
     },
 }
 
@@ -174,6 +178,7 @@ fn main() -> ExitCode {
                     module,
                     cases,
                     format,
+                    settings,
                 },
         } => {
             let format = match format {
@@ -181,7 +186,7 @@ fn main() -> ExitCode {
                 ReportFormat::Json => arbiter_policy::cases::Format::Json,
                 ReportFormat::Junit => arbiter_policy::cases::Format::Junit,
             };
-            report(policy_test(&module, &cases, format))
+            report(policy_test(&module, &cases, format, settings.as_deref()))
         }
         Command::Policy {
             command: PolicyCommand::Verb(verb),
@@ -238,7 +243,22 @@ fn policy_test(
     module: &Path,
     cases: &Path,
     format: arbiter_policy::cases::Format,
+    settings: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
+    let settings = settings
+        .map(|path| -> anyhow::Result<serde_json::Value> {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the settings {}", path.display()))?;
+            let value: serde_json::Value = serde_yaml::from_str(&text)
+                .with_context(|| format!("the settings {} are not YAML or JSON", path.display()))?;
+            anyhow::ensure!(
+                value.is_object(),
+                "the settings {} must be a mapping (an object), like {{machine_types: [e2-small]}}",
+                path.display()
+            );
+            Ok(value)
+        })
+        .transpose()?;
     let bytes =
         std::fs::read(module).with_context(|| format!("cannot read the module {}", module.display()))?;
     let text = std::fs::read_to_string(cases)
@@ -247,8 +267,10 @@ fn policy_test(
         max_concurrent: 1,
         ..Default::default()
     })?;
-    let report = arbiter_policy::cases::run_as(&host, &bytes, &text, format, &mut std::io::stdout().lock())
-        .with_context(|| format!("in {}", cases.display()))?;
+    let options = arbiter_policy::cases::Options { format, settings };
+    let report =
+        arbiter_policy::cases::run_with(&host, &bytes, &text, &options, &mut std::io::stdout().lock())
+            .with_context(|| format!("in {}", cases.display()))?;
     Ok(if report.failed == 0 && report.passed > 0 {
         ExitCode::SUCCESS
     } else {

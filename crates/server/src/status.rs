@@ -94,6 +94,29 @@ pub fn to_status(error: &Error) -> Status {
             );
             Code::Aborted
         }
+        Error::LookupChanged {
+            kind,
+            name,
+            expected,
+            looked_up,
+        } => {
+            details.set_error_info(
+                "ETAG_MISMATCH",
+                DOMAIN,
+                meta([
+                    ("resource", name.clone()),
+                    ("expected_etag", expected.clone()),
+                    ("looked_up", looked_up.clone()),
+                ]),
+            );
+            details.set_resource_info(
+                kind.type_name,
+                looked_up.clone(),
+                owner(looked_up),
+                "changed after a policy looked it up",
+            );
+            Code::Aborted
+        }
         Error::RequestInProgress { request_id } => {
             details.set_error_info(
                 "REQUEST_IN_PROGRESS",

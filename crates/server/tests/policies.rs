@@ -151,20 +151,7 @@ async fn prompt_review_forbids_unreviewed_and_self_reviewed_publishing() {
     )
     .await;
     let mut prompts = server.prompts("acme-editor");
-    let create = |id: &str, labels: &[(&str, &str)]| CreatePromptRequest {
-        parent: "tenants/acme".into(),
-        prompt_id: id.into(),
-        prompt: Some(Prompt {
-            template: "Summarize {{text}}".into(),
-            model: "claude-3.5".into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let create = labelled_prompt;
     let publish = |id: &str| PublishPromptRequest {
         name: format!("tenants/acme/prompts/{id}"),
         ..Default::default()

@@ -1,27 +1,76 @@
-//! vm-guard: protects production VMs and keeps machine types to a list.
+//! vm-guard: protects production VMs, keeps machine types to a list and
+//! makes labels required, as its settings say (`arbiter:policy@0.2.0`).
 //!
 //! - A VM labelled `env=prod` is not stopped or deleted unless it carries a
 //!   `change-ticket` label: a conflict (409), resolved by adding the label.
-//! - A VM's `machine_type` must be one of [`MACHINE_TYPES`]: anything else is
+//! - A VM's `machine_type` must be one of `machine_types`: anything else is
 //!   invalid (422), on create and on update.
+//! - A VM must carry every label of `required_labels` on create and update
+//!   (422).
+//!
+//! Settings (all optional; `{}` keeps the defaults):
+//!
+//! ```json
+//! {"machine_types": ["e2-small", "e2-medium"], "required_labels": ["team"]}
+//! ```
 
 #![no_std]
 
 extern crate alloc;
 
 use alloc::format;
-use alloc::string::ToString;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
 
-use arbiter_policy_sdk::{Decision, Operation, Policy, Request, allow, conflict, invalid};
+use arbiter_policy_sdk::v2::{
+    Decision, Operation, Policy, Request, SettingsError, allow, conflict, invalid, parse_settings,
+};
 
-/// The machine types this tenant may use.
-const MACHINE_TYPES: &[&str] = &[
+/// The machine types allowed when the settings name none.
+const DEFAULT_MACHINE_TYPES: &[&str] = &[
     "e2-micro",
     "e2-small",
     "e2-medium",
     "n2-standard-2",
     "n2-standard-4",
 ];
+
+/// The binding's settings.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// The machine types this tenant may use.
+    #[serde(default = "default_machine_types")]
+    machine_types: Vec<String>,
+    /// Labels every VM must carry.
+    #[serde(default)]
+    required_labels: Vec<String>,
+}
+
+fn default_machine_types() -> Vec<String> {
+    DEFAULT_MACHINE_TYPES.iter().map(|t| t.to_string()).collect()
+}
+
+/// Parses and checks settings: what `validate-settings` refuses, no
+/// evaluation ever sees.
+fn settings(json: &str) -> Result<Settings, SettingsError> {
+    let settings: Settings = parse_settings(json)?;
+    if settings.machine_types.is_empty() {
+        return Err(SettingsError(
+            "machine_types is empty, which would refuse every VM; list at least one machine type, or leave it out for the defaults".into(),
+        ));
+    }
+    if let Some(bad) = settings
+        .required_labels
+        .iter()
+        .find(|l| l.is_empty() || l.len() > 63)
+    {
+        return Err(SettingsError(format!(
+            "required_labels holds {bad:?}; label keys are 1 to 63 characters"
+        )));
+    }
+    Ok(settings)
+}
 
 struct VmGuard;
 
@@ -30,12 +79,20 @@ impl Policy for VmGuard {
         if req.kind() != "vm" {
             return allow();
         }
+        let settings = match settings(&req.settings_json) {
+            Ok(settings) => settings,
+            Err(e) => return conflict("BAD_SETTINGS", &e.to_string()).into(),
+        };
         match req.operation {
             Operation::Delete => protect_prod(&req, "delete"),
             Operation::Transition if req.is_moving_to("STOPPED") => protect_prod(&req, "stop"),
-            Operation::Create | Operation::Update => check_machine_type(&req),
+            Operation::Create | Operation::Update => check_vm(&req, &settings),
             Operation::Transition => allow(),
         }
+    }
+
+    fn validate_settings(settings_json: String) -> Result<(), String> {
+        settings(&settings_json).map(drop).map_err(String::from)
     }
 }
 
@@ -51,19 +108,27 @@ fn protect_prod(req: &Request, verb: &str) -> Decision {
         .into()
 }
 
-fn check_machine_type(req: &Request) -> Decision {
+fn check_vm(req: &Request, settings: &Settings) -> Decision {
     let Some(vm) = req.proposed.as_ref() else {
         return allow();
     };
+    if let Some(missing) = settings.required_labels.iter().find(|l| vm.label(l).is_none()) {
+        return invalid(
+            "REQUIRED_LABEL_MISSING",
+            &format!("every VM in this tenant needs the label {missing}; add it and retry"),
+        )
+        .violation(&format!("vm.labels.{missing}"), "required by the tenant's policy")
+        .into();
+    }
     let spec = match vm.spec() {
         Ok(spec) => spec,
         Err(e) => return invalid("UNREADABLE_SPEC", &e.to_string()).into(),
     };
     let machine_type = spec.str("machineType");
-    if MACHINE_TYPES.contains(&machine_type) {
+    if settings.machine_types.iter().any(|t| t == machine_type) {
         return allow();
     }
-    let allowed = MACHINE_TYPES.join(", ");
+    let allowed = settings.machine_types.join(", ");
     invalid(
         "MACHINE_TYPE_NOT_ALLOWED",
         &format!("machine type {machine_type:?} is not allowed in this tenant; use one of {allowed}"),
@@ -72,4 +137,4 @@ fn check_machine_type(req: &Request) -> Decision {
     .into()
 }
 
-arbiter_policy_sdk::export_policy!(VmGuard);
+arbiter_policy_sdk::v2::export_policy!(VmGuard);

@@ -71,6 +71,15 @@ impl PolicyConfig {
                 )),
             }
         }
+        if let Some(settings) = &policy.settings {
+            let size = prost::Message::encoded_len(settings);
+            if size > MAX_SETTINGS_BYTES {
+                out.push(FieldViolation::new(
+                    "policy.settings",
+                    format!("is {size} bytes encoded; settings may be at most {MAX_SETTINGS_BYTES} bytes"),
+                ));
+            }
+        }
         if policy.memory_limit_bytes > self.max_memory_bytes {
             out.push(FieldViolation::new(
                 "policy.memory_limit_bytes",
@@ -84,6 +93,9 @@ impl PolicyConfig {
         }
     }
 }
+
+/// Largest `Policy.settings`, encoded.
+pub const MAX_SETTINGS_BYTES: usize = 64 << 10;
 
 /// Smallest memory limit a policy may set.
 const MIN_MEMORY: u64 = 1 << 20;

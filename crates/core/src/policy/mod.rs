@@ -51,7 +51,51 @@ const MAX_CACHED_TENANTS: usize = 100_000;
 struct PolicyCache {
     generation: AtomicU64,
     live: AtomicBool,
-    tenants: Mutex<HashMap<String, Arc<[Policy]>>>,
+    tenants: Mutex<HashMap<String, Bindings>>,
+}
+
+/// A policy as the engine runs it: with its settings as JSON, made once
+/// when the tenant's policies are read.
+#[derive(Debug)]
+pub(crate) struct Binding {
+    pub(crate) policy: Policy,
+    pub(crate) settings_json: Arc<str>,
+}
+
+/// A tenant's policies.
+pub(crate) type Bindings = Arc<[Arc<Binding>]>;
+
+/// A policy's settings as the JSON its module sees: `{}` when it has none.
+pub(crate) fn settings_json(policy: &Policy) -> Result<Arc<str>, Error> {
+    match &policy.settings {
+        None => Ok(Arc::from(NO_SETTINGS)),
+        Some(settings) => Ok(Arc::from(struct_json(settings).to_string())),
+    }
+}
+
+/// Largest integer a double holds exactly (2^53).
+const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
+
+/// A `Struct` as JSON. Its numbers are doubles; the integral ones become
+/// JSON integers (`17`, not `17.0`), so that a policy reads them into its
+/// integer fields; NaN and infinities, which JSON lacks, become `null`.
+fn struct_json(s: &prost_types::Struct) -> serde_json::Value {
+    use prost_types::value::Kind;
+    fn value(v: &prost_types::Value) -> serde_json::Value {
+        match &v.kind {
+            None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+            Some(Kind::BoolValue(b)) => (*b).into(),
+            #[allow(clippy::cast_possible_truncation)]
+            Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() <= MAX_EXACT => (*n as i64).into(),
+            Some(Kind::NumberValue(n)) => {
+                serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, Into::into)
+            }
+            Some(Kind::StringValue(s)) => s.clone().into(),
+            Some(Kind::ListValue(l)) => l.values.iter().map(value).collect(),
+            Some(Kind::StructValue(s)) => struct_json(s),
+        }
+    }
+    s.fields.iter().map(|(k, v)| (k.clone(), value(v))).collect()
 }
 
 impl Default for PolicyCache {
@@ -65,7 +109,7 @@ impl Default for PolicyCache {
 }
 
 impl PolicyCache {
-    fn cached(&self, tenant: &str) -> Option<Arc<[Policy]>> {
+    fn cached(&self, tenant: &str) -> Option<Bindings> {
         if !self.live.load(Ordering::Acquire) {
             return None;
         }
@@ -73,7 +117,7 @@ impl PolicyCache {
         tenants.get(tenant).cloned()
     }
 
-    fn insert_if_current(&self, tenant: &str, generation: u64, policies: Arc<[Policy]>) {
+    fn insert_if_current(&self, tenant: &str, generation: u64, policies: Bindings) {
         let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
         if self.generation.load(Ordering::Acquire) != generation || !self.live.load(Ordering::Acquire) {
             return;
@@ -114,12 +158,6 @@ impl std::fmt::Debug for Policies {
             .field("config", &self.config)
             .finish()
     }
-}
-
-/// A policy that judges a request, with what it needs to run.
-struct Bound<'a> {
-    policy: &'a Policy,
-    limits: Limits,
 }
 
 fn mode(p: &Policy) -> policy::Mode {
@@ -167,7 +205,7 @@ impl Policies {
     }
 
     /// The tenant's policies, from the cache or the store.
-    async fn of_tenant<S: Store>(&self, store: &S, tenant: &str) -> Result<Arc<[Policy]>, Error> {
+    async fn of_tenant<S: Store>(&self, store: &S, tenant: &str) -> Result<Bindings, Error> {
         if let Some(hit) = self.cache.cached(tenant) {
             return Ok(hit);
         }
@@ -191,7 +229,17 @@ impl Policies {
         if let Some(e) = failure {
             return Err(Error::storage("decoding a policy", e));
         }
-        let policies: Arc<[Policy]> = found.into();
+        let policies: Bindings = found
+            .into_iter()
+            .map(|policy| {
+                let settings_json = settings_json(&policy)?;
+                Ok(Arc::new(Binding {
+                    policy,
+                    settings_json,
+                }))
+            })
+            .collect::<Result<Vec<_>, Error>>()?
+            .into();
         self.cache
             .insert_if_current(tenant, generation, Arc::clone(&policies));
         Ok(policies)
@@ -205,14 +253,13 @@ impl Policies {
         tenant: &str,
         kind: &str,
         operation: Operation,
-    ) -> Result<Arc<[Policy]>, Error> {
+    ) -> Result<Vec<Arc<Binding>>, Error> {
         let all = self.of_tenant(store, tenant).await?;
-        let bound: Vec<Policy> = all
+        Ok(all
             .iter()
-            .filter(|p| binds(p, kind, operation))
+            .filter(|b| binds(&b.policy, kind, operation))
             .cloned()
-            .collect();
-        Ok(bound.into())
+            .collect())
     }
 
     /// Makes sure the module `digest` is loaded, reading it from the store
@@ -243,51 +290,49 @@ impl Policies {
             })
     }
 
-    /// Runs every bound policy on `input` and combines their verdicts.
+    /// Runs every bound policy on `input` and combines their verdicts;
+    /// their lookups read through `lookup`.
     pub(crate) async fn judge<S: Store>(
         &self,
         store: &S,
-        bound: &[Policy],
+        bound: &[Arc<Binding>],
         input: Arc<Input>,
         resource: &str,
+        lookup: Option<Arc<dyn Lookup>>,
     ) -> Result<(), Error> {
-        let runs = bound.iter().map(|policy| {
-            let bound = Bound {
-                policy,
-                limits: self.config.limits(policy),
-            };
-            self.run(store, bound, Arc::clone(&input))
-        });
+        let runs = bound
+            .iter()
+            .map(|b| self.run(store, b, Arc::clone(&input), lookup.clone()));
         let results = futures::future::join_all(runs).await;
         let mut refusal = None;
-        for (policy, (result, took)) in bound.iter().zip(results) {
-            let outcome = self.weigh(policy, result, resource, &mut refusal);
-            self.stats.record(&policy.name, outcome, took);
+        for (b, (result, took)) in bound.iter().zip(results) {
+            let outcome = self.weigh(&b.policy, result, resource, &mut refusal);
+            self.stats.record(&b.policy.name, outcome, took);
         }
         refusal.map_or(Ok(()), Err)
     }
 
-    async fn run<S: Store>(
+    /// Runs one bound policy on `input`: its verdict and how long it took.
+    pub(crate) async fn run<S: Store>(
         &self,
         store: &S,
-        bound: Bound<'_>,
+        binding: &Binding,
         input: Arc<Input>,
+        lookup: Option<Arc<dyn Lookup>>,
     ) -> (Result<Verdict, Fault>, Duration) {
         let started = Instant::now();
-        let policy = bound.policy;
+        let policy = &binding.policy;
         if let Err(fault) = self.ensure_loaded(store, &policy.module_sha256).await {
             return (Err(fault), started.elapsed());
         }
         let result = match self.runtime() {
             Ok(runtime) => {
-                runtime
-                    .evaluate(
-                        policy.module_sha256.clone(),
-                        policy.name.clone(),
-                        bound.limits,
-                        input,
-                    )
-                    .await
+                let call = Call {
+                    settings_json: Arc::clone(&binding.settings_json),
+                    lookup,
+                    ..Call::new(&policy.module_sha256, &policy.name, self.config.limits(policy))
+                };
+                runtime.evaluate(call, input).await
             }
             Err(_) => Err(Fault::new(
                 FaultKind::Unavailable,
@@ -400,6 +445,38 @@ pub(crate) fn object_of<R: Resource>(r: &R, encoded: &[u8]) -> Result<Object, Er
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_numbers_that_are_integers_read_as_integers() {
+        use prost_types::value::Kind;
+        let number = |n: f64| prost_types::Value {
+            kind: Some(Kind::NumberValue(n)),
+        };
+        let settings = prost_types::Struct {
+            fields: [
+                ("count".to_string(), number(17.0)),
+                ("ratio".to_string(), number(0.5)),
+                ("huge".to_string(), number(1e300)),
+                ("nan".to_string(), number(f64::NAN)),
+            ]
+            .into(),
+        };
+        let policy = Policy {
+            settings: Some(settings),
+            ..Default::default()
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&settings_json(&policy).unwrap_or_else(|e| panic!("{e}")))
+                .unwrap_or_default();
+        assert_eq!(json["count"], serde_json::json!(17));
+        assert_eq!(json["ratio"], serde_json::json!(0.5));
+        assert_eq!(json["huge"], serde_json::json!(1e300));
+        assert!(json["nan"].is_null());
+        assert_eq!(
+            &*settings_json(&Policy::default()).unwrap_or_else(|e| panic!("{e}")),
+            "{}"
+        );
+    }
 
     #[test]
     fn policies_bind_to_kinds_and_operations() {

@@ -238,6 +238,62 @@ impl std::fmt::Display for LoadError {
     }
 }
 
+/// Most `lookup` calls of one evaluation; one more is a fault.
+pub const MAX_LOOKUPS: usize = 16;
+
+/// Reads objects for a policy's `lookup` import (`arbiter:policy@0.2.0`).
+pub trait Lookup: Send + Sync {
+    /// The object `name` names, as the evaluation sees it: `None` when it
+    /// is absent, another tenant's, a policy, or not a resource name.
+    /// Blocking: called from inside an evaluation. An error is a fault of
+    /// the evaluation (the store could not be read).
+    fn lookup(&self, name: &str) -> Result<Option<Object>, Fault>;
+}
+
+/// One evaluation: which module runs, for which policy, within which
+/// limits, with the binding's settings and what its lookups read.
+#[derive(Clone)]
+pub struct Call {
+    /// The module's hex SHA-256.
+    pub digest: String,
+    /// The policy's name, for logs.
+    pub policy: String,
+    /// Time and memory limits.
+    pub limits: Limits,
+    /// `Policy.settings` as JSON; `{}` when none.
+    pub settings_json: Arc<str>,
+    /// What `lookup` reads; `None` finds nothing.
+    pub lookup: Option<Arc<dyn Lookup>>,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("digest", &self.digest)
+            .field("policy", &self.policy)
+            .field("limits", &self.limits)
+            .field("settings_json", &self.settings_json)
+            .field("lookup", &self.lookup.is_some())
+            .finish()
+    }
+}
+
+impl Call {
+    /// A call of `digest` for `policy` with no settings and no lookups.
+    pub fn new(digest: impl Into<String>, policy: impl Into<String>, limits: Limits) -> Self {
+        Self {
+            digest: digest.into(),
+            policy: policy.into(),
+            limits,
+            settings_json: Arc::from(NO_SETTINGS),
+            lookup: None,
+        }
+    }
+}
+
+/// The settings JSON of a binding without settings.
+pub const NO_SETTINGS: &str = "{}";
+
 /// Runs policy modules. Implemented by the wasmtime host; the engine owns
 /// everything else (storage, binding, modes, failure policies).
 pub trait PolicyRuntime: Send + Sync + 'static {
@@ -248,15 +304,18 @@ pub trait PolicyRuntime: Send + Sync + 'static {
     /// Whether the module with this digest is ready.
     fn is_loaded(&self, digest: &str) -> bool;
 
-    /// Evaluates the module `digest` on `input` within `limits`. `policy`
-    /// names the policy in logs.
-    fn evaluate(
+    /// Evaluates `call`'s module on `input`.
+    fn evaluate(&self, call: Call, input: Arc<Input>) -> BoxFuture<'_, Result<Verdict, Fault>>;
+
+    /// Asks the loaded module `digest` whether `settings_json` are settings
+    /// it accepts: `Ok(Err(why))` when it refuses them, in its own words.
+    /// A module of `arbiter:policy@0.1.0` accepts only `{}`.
+    fn validate_settings(
         &self,
         digest: String,
-        policy: String,
         limits: Limits,
-        input: Arc<Input>,
-    ) -> BoxFuture<'_, Result<Verdict, Fault>>;
+        settings_json: String,
+    ) -> BoxFuture<'_, Result<Result<(), String>, Fault>>;
 }
 
 #[cfg(test)]

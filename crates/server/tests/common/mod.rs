@@ -327,6 +327,24 @@ pub fn labelled_in(
     req
 }
 
+/// A create of prompt `id` in tenant `acme` with `labels`.
+pub fn labelled_prompt(id: &str, labels: &[(&str, &str)]) -> arbiter_api::v1::CreatePromptRequest {
+    arbiter_api::v1::CreatePromptRequest {
+        parent: "tenants/acme".into(),
+        prompt_id: id.into(),
+        prompt: Some(arbiter_api::v1::Prompt {
+            template: "Summarize {{text}}".into(),
+            model: "claude-3.5".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 pub fn create_user(id: &str, email: &str) -> arbiter_api::v1::CreateUserRequest {
     arbiter_api::v1::CreateUserRequest {
         parent: "tenants/acme".into(),
