@@ -25,6 +25,7 @@ const METHODS: &[&str] = &[
     "/arbiter.v1.Prompts/UpdatePrompt",
     "/arbiter.v1.Policies/ListPolicies",
     "/arbiter.v1.Policies/UpdatePolicy",
+    "/arbiter.v1.Policies/PreviewPolicy",
     "/arbiter.v1.Transactions/CommitTransaction",
 ];
 

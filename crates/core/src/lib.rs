@@ -35,6 +35,7 @@ pub mod names;
 pub mod page;
 pub mod policy;
 pub mod policy_admin;
+pub mod preview;
 pub mod quota;
 pub mod requests;
 mod stage;

@@ -32,7 +32,7 @@ pub(crate) struct Looked {
 
 /// The codec of the kind whose collection is `collection`, if policies may
 /// look objects of it up.
-fn judged_codec(collection: &str) -> Option<Codec> {
+pub(crate) fn judged_codec(collection: &str) -> Option<Codec> {
     [
         Codec::of::<VirtualMachine>(),
         Codec::of::<User>(),

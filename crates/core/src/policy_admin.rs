@@ -95,7 +95,7 @@ impl<S: Store> Engine<S> {
 
     /// Asks the module `digest` whether it accepts `settings`: a refusal is
     /// `INVALID_FIELD` on `policy.settings` with the module's message.
-    async fn check_settings(
+    pub(crate) async fn check_settings(
         &self,
         digest: &str,
         policy: &Policy,
@@ -149,7 +149,7 @@ impl<S: Store> Engine<S> {
     /// Replaces the request's module bytes with their digest, after the
     /// runtime accepted them and (unless only validating) the store kept
     /// them. A digest alone must name a module this server has.
-    async fn attach_module(&self, policy: &mut Policy, validate_only: bool) -> Result<(), Error> {
+    pub(crate) async fn attach_module(&self, policy: &mut Policy, validate_only: bool) -> Result<(), Error> {
         let module = std::mem::take(&mut policy.module);
         if module.is_empty() {
             if policy.module_sha256.is_empty() {

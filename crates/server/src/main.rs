@@ -115,6 +115,10 @@ enum Command {
 enum PolicyCommand {
     #[command(flatten)]
     Verb(Verb<PolicyFields>),
+    /// Show what a policy would decide before binding it: judge the
+    /// tenant's current objects and replay its recent changes; nothing is
+    /// stored.
+    Preview(arbiter_server::cli::Preview),
     /// Run a YAML file of request -> expected decision cases against a
     /// module; exits non-zero if any case fails.
     Test {
@@ -191,6 +195,9 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Verb(verb),
         } => client(ClientCommand::Policy(verb)),
+        Command::Policy {
+            command: PolicyCommand::Preview(preview),
+        } => client(ClientCommand::PolicyPreview(preview)),
         Command::Vm { command } => client(ClientCommand::Vm(command)),
         Command::User { command } => client(ClientCommand::User(command)),
         Command::Prompt { command } => client(ClientCommand::Prompt(command)),

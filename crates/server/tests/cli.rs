@@ -279,6 +279,62 @@ async fn every_verb_of_every_kind() {
         serde_json::from_slice::<Value>(&out.stdout).unwrap()["mode"],
         "AUDIT"
     );
+    // Settings from a YAML file; a preview of the same settings.
+    let strict = concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies/vm-guard/strict.yaml");
+    let out = run(
+        s,
+        "root",
+        &[
+            "policy",
+            "update",
+            "tenants/acme/policies/guard",
+            "--settings",
+            strict,
+            "-o",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let updated: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        updated["settings"]["required_labels"],
+        serde_json::json!(["team", "cost-centre"])
+    );
+    json(
+        s,
+        &[
+            "vm",
+            "create",
+            "tenants/acme/vms/plain",
+            "--region",
+            "us-east1",
+            "--machine-type",
+            "e2-medium",
+            "--image",
+            "debian-12",
+        ],
+    );
+    let out = run(
+        s,
+        "root",
+        &[
+            "policy",
+            "preview",
+            "tenants/acme",
+            "--module",
+            guests::VM_GUARD,
+            "--kinds",
+            "vm",
+            "--settings",
+            strict,
+            "--current-objects",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with("judged 1 at revision "), "{stdout}");
+    assert!(stdout.contains("0 allowed, 1 denied, 0 faulted"), "{stdout}");
+    assert!(stdout.contains("tenants/acme/vms/plain"), "{stdout}");
     for args in [
         &["policy", "get", "tenants/acme/policies/guard"][..],
         &["policy", "list", "tenants/acme"],

@@ -172,7 +172,7 @@ fn fails_open(p: &Policy) -> bool {
     p.failure_policy == policy::FailurePolicy::FailOpen as i32
 }
 
-fn binds(p: &Policy, kind: &str, operation: Operation) -> bool {
+pub(crate) fn binds(p: &Policy, kind: &str, operation: Operation) -> bool {
     p.kinds.iter().any(|k| k == kind)
         && (p.operations.is_empty() || p.operations.contains(&operation.proto()))
 }

@@ -192,6 +192,9 @@ pub struct PolicyFields {
     /// Memory limit of one evaluation in bytes.
     #[arg(long)]
     pub memory_limit_bytes: Option<u64>,
+    /// The binding's settings: a YAML or JSON file holding a mapping.
+    #[arg(long, value_name = "FILE")]
+    pub settings: Option<std::path::PathBuf>,
 }
 
 impl Fields for PolicyFields {
@@ -223,6 +226,19 @@ impl Fields for PolicyFields {
         }
         if let Some(bytes) = self.memory_limit_bytes {
             out.insert("memory_limit_bytes".into(), json!(bytes.to_string()));
+        }
+        if let Some(path) = &self.settings {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| usage(format!("--settings: cannot read {}: {e}", path.display())))?;
+            let settings: Value = serde_yaml::from_str(&text)
+                .map_err(|e| usage(format!("--settings: {} is not YAML or JSON: {e}", path.display())))?;
+            if !settings.is_object() {
+                return Err(usage(format!(
+                    "--settings: {} must hold a mapping, like {{machine_types: [e2-small]}}",
+                    path.display()
+                )));
+            }
+            out.insert("settings".into(), settings);
         }
         Ok(out)
     }

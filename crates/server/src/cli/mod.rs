@@ -61,6 +61,27 @@ pub struct WriteArgs {
     pub validate_only: bool,
 }
 
+/// `arbiter policy preview`: what a policy would decide before it is
+/// bound.
+#[derive(Debug, Clone, Args)]
+pub struct Preview {
+    /// `tenants/{tenant}`.
+    pub parent: String,
+    /// The candidate policy, as for `policy create`.
+    #[command(flatten)]
+    pub policy: PolicyFields,
+    /// Judge every current object of the bound kinds as if created now.
+    #[arg(long)]
+    pub current_objects: bool,
+    /// Replay up to this many of the tenant's latest changes (at most
+    /// 10000).
+    #[arg(long, default_value_t = 0)]
+    pub recent_changes: u32,
+    /// Denials and faults to show (default 20, at most 100).
+    #[arg(long, default_value_t = 0)]
+    pub max_samples: u32,
+}
+
 /// The verbs every kind has.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Verb<F: Fields> {
@@ -190,6 +211,8 @@ pub enum ClientCommand {
     Prompt(PromptCommand),
     /// `arbiter policy ...`.
     Policy(Verb<PolicyFields>),
+    /// `arbiter policy preview PARENT`.
+    PolicyPreview(Preview),
     /// `arbiter tx FILE`.
     Tx {
         /// A `CommitTransactionRequest` as YAML (proto field names).
@@ -414,6 +437,7 @@ async fn execute(connection: &Connection, command: ClientCommand) -> Result<(), 
             transition(&client, format, &KIND_PROMPT, "Archive", m).await
         }
         ClientCommand::Policy(verb) => resource(&client, format, &KIND_POLICY, verb).await,
+        ClientCommand::PolicyPreview(preview) => policy_preview(&client, format, preview).await,
         ClientCommand::Tx { file } => transaction(&client, format, &file).await,
         ClientCommand::Watch {
             parent,
@@ -572,6 +596,19 @@ async fn watch(
             Err(e) => return Err(e.into()),
         }
     }
+    Ok(())
+}
+
+async fn policy_preview(client: &Client, format: Format, preview: Preview) -> Result<(), Failure> {
+    let request = json!({
+        "parent": preview.parent,
+        "policy": preview.policy.json()?,
+        "current_objects": preview.current_objects,
+        "recent_changes": preview.recent_changes,
+        "max_samples": preview.max_samples,
+    });
+    let answer = call(client, "Policies", "PreviewPolicy", request).await?;
+    output::preview(format, &to_json(&answer, true));
     Ok(())
 }
 

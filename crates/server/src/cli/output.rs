@@ -138,6 +138,45 @@ pub fn transaction(format: Format, value: &Value) {
     table(&["#", "name", "state"], &rows);
 }
 
+/// Prints what a policy preview found: the counts, then its samples.
+pub fn preview(format: Format, value: &Value) {
+    if format != Format::Table {
+        document(format, value);
+        return;
+    }
+    let count = |field: &str| {
+        let n = text(value.get(field));
+        if n.is_empty() { "0".to_string() } else { n }
+    };
+    println!(
+        "judged {} at revision {}: {} allowed, {} denied, {} faulted{}",
+        count("evaluated"),
+        count("revision"),
+        count("allowed"),
+        count("denied"),
+        count("faulted"),
+        if value.get("truncated").and_then(Value::as_bool) == Some(true) {
+            " (stopped early: time or object limit)"
+        } else {
+            ""
+        }
+    );
+    const COLUMNS: [&str; 6] = ["name", "revision", "operation", "kind", "reason", "message"];
+    let samples = value
+        .get("samples")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if samples.is_empty() {
+        return;
+    }
+    let rows: Vec<Vec<String>> = samples
+        .iter()
+        .map(|s| COLUMNS.iter().map(|f| text(s.get(*f))).collect())
+        .collect();
+    table(&COLUMNS, &rows);
+}
+
 fn change_json(change: &Change) -> Value {
     let encoded = prost::Message::encode_to_vec(change);
     super::message("arbiter.v1.Change")

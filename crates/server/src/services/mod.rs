@@ -164,6 +164,7 @@ macro_rules! resource_service {
         update $update:ident($update_req:ty);
         delete $delete:ident($delete_req:ty);
         $(transition $verb_fn:ident($verb_req:ty) = $verb:literal;)*
+        $(more { $($more:tt)* })?
     ) => {
         #[tonic::async_trait]
         impl<S: Store> $service for Api<S> {
@@ -235,6 +236,8 @@ macro_rules! resource_service {
                 reply(<$ty as Resource>::KIND.singular, collect(self.engine.transition(&caller, transition)).await)
             }
             )*
+
+            $($($more)*)?
         }
     };
 }
@@ -279,4 +282,14 @@ resource_service! {
     list list_policies(ListPoliciesRequest) -> ListPoliciesResponse;
     update update_policy(UpdatePolicyRequest);
     delete delete_policy(DeletePolicyRequest);
+    more {
+        async fn preview_policy(
+            &self,
+            request: Request<PreviewPolicyRequest>,
+        ) -> Result<Response<PreviewPolicyResponse>, Status> {
+            let parent = request.get_ref().parent.clone();
+            let (caller, req, _permit) = self.parts(request, &parent)?;
+            reply("policy", collect(self.engine.preview_policy(&caller, req)).await)
+        }
+    }
 }

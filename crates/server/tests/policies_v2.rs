@@ -1,8 +1,8 @@
 //! Policies of `arbiter:policy@0.2.0` end to end: settings per binding,
 //! settings refused at upload in the module's words, lookups confined to
-//! the tenant and capped, and lookups as preconditions of the commit, so
-//! that a rule over several objects cannot be raced — on RocksDB and
-//! across two replicas on etcd.
+//! the tenant and capped, lookups as preconditions of the commit, so that
+//! a rule over several objects cannot be raced — on RocksDB and across two
+//! replicas on etcd — and previews of a policy before it is bound.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -381,4 +381,275 @@ async fn a_rule_over_lookups_cannot_be_raced_across_replicas_on_etcd() {
     for server in servers {
         server.stop().await;
     }
+}
+
+fn vm_of_type(id: &str, machine_type: &str) -> CreateVirtualMachineRequest {
+    let mut req = create_vm(id);
+    req.vm.as_mut().unwrap().machine_type = machine_type.into();
+    req
+}
+
+fn preview(policy: &Policy, current_objects: bool, recent_changes: u32) -> PreviewPolicyRequest {
+    PreviewPolicyRequest {
+        parent: "tenants/acme".into(),
+        policy: Some(policy.clone()),
+        current_objects,
+        recent_changes,
+        max_samples: 0,
+    }
+}
+
+fn counts(r: &PreviewPolicyResponse) -> (u64, u64, u64, u64) {
+    (r.evaluated, r.allowed, r.denied, r.faulted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_counts_exactly_names_the_resources_and_writes_nothing() {
+    let server = TestServer::start().await;
+    let mut vms = server.vms("acme-editor");
+    // Five objects, seven changes in tenant acme; one more in another.
+    for (id, machine_type) in [
+        ("a", "e2-small"),
+        ("b", "e2-small"),
+        ("c", "e2-small"),
+        ("d", "n2-standard-2"),
+        ("e", "n2-standard-2"),
+    ] {
+        vms.create_virtual_machine(vm_of_type(id, machine_type))
+            .await
+            .unwrap();
+    }
+    let mut elsewhere = vm_of_type("x", "n2-standard-2");
+    elsewhere.parent = "tenants/other".into();
+    server
+        .vms("root")
+        .create_virtual_machine(elsewhere)
+        .await
+        .unwrap();
+    vms.start_virtual_machine(StartVirtualMachineRequest {
+        name: "tenants/acme/vms/a".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    vms.update_virtual_machine(UpdateVirtualMachineRequest {
+        vm: Some(VirtualMachine {
+            name: "tenants/acme/vms/b".into(),
+            labels: [("team".to_string(), "web".to_string())].into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["labels.team".into()],
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let candidate = binding(
+        guests::VM_GUARD,
+        &["vm"],
+        serde_json::json!({"machine_types": ["e2-small"]}),
+    );
+    let mut policies = server.policies("root");
+    let objects = policies
+        .preview_policy(preview(&candidate, true, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counts(&objects), (5, 3, 2, 0));
+    let samples: Vec<(&str, &str, &str, &str)> = objects
+        .samples
+        .iter()
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.operation.as_str(),
+                s.kind.as_str(),
+                s.reason.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        samples,
+        [
+            (
+                "tenants/acme/vms/d",
+                "create",
+                "invalid",
+                "MACHINE_TYPE_NOT_ALLOWED"
+            ),
+            (
+                "tenants/acme/vms/e",
+                "create",
+                "invalid",
+                "MACHINE_TYPE_NOT_ALLOWED"
+            ),
+        ]
+    );
+    assert!(!objects.truncated);
+
+    // Every change: five creates (two denied), a start, an update.
+    let changes = policies
+        .preview_policy(preview(&candidate, false, 100))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counts(&changes), (7, 5, 2, 0));
+    // The latest three: the create of e, the start of a, the update of b.
+    let latest = policies
+        .preview_policy(preview(&candidate, false, 3))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counts(&latest), (3, 2, 1, 0));
+    assert_eq!(latest.samples[0].name, "tenants/acme/vms/e");
+    let both = policies
+        .preview_policy(preview(&candidate, true, 100))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counts(&both), (12, 8, 4, 0));
+    let mut few = preview(&candidate, true, 100);
+    few.max_samples = 1;
+    let few = policies.preview_policy(few).await.unwrap().into_inner();
+    assert_eq!((counts(&few), few.samples.len()), ((12, 8, 4, 0), 1));
+
+    // Nothing was stored: no policy, and the next commit follows the
+    // revision the previews judged.
+    let listed = policies
+        .list_policies(ListPoliciesRequest {
+            parent: "tenants/acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.policies.is_empty());
+    let next = vms
+        .create_virtual_machine(create_vm("f"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        u64::from_str_radix(next.etag.trim_matches('"'), 16).unwrap(),
+        few.revision + 1
+    );
+
+    // Bounded requests, and admins only.
+    let mut too_many = preview(&candidate, false, 10_001);
+    too_many.max_samples = 101;
+    let f = expect_failure(
+        policies.preview_policy(too_many).await,
+        Code::InvalidArgument,
+        "INVALID_FIELD",
+    );
+    assert!(
+        f.message.contains("recent_changes") && f.message.contains("max_samples"),
+        "{}",
+        f.message
+    );
+    expect_failure(
+        server
+            .policies("acme-editor")
+            .preview_policy(preview(&candidate, true, 0))
+            .await,
+        Code::PermissionDenied,
+        "ROLE_FORBIDDEN",
+    );
+    let bad = binding(
+        guests::VM_GUARD,
+        &["vm"],
+        serde_json::json!({"machine_types": []}),
+    );
+    expect_failure(
+        policies.preview_policy(preview(&bad, true, 0)).await,
+        Code::InvalidArgument,
+        "INVALID_FIELD",
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_module_in_a_preview_faults_within_its_limits() {
+    let server = TestServer::start().await;
+    let mut vms = server.vms("acme-editor");
+    vms.create_virtual_machine(create_vm("calm")).await.unwrap();
+    vms.create_virtual_machine(labelled("spinner", &[("hostile", "loop")]))
+        .await
+        .unwrap();
+    vms.create_virtual_machine(labelled("hog", &[("hostile", "memory")]))
+        .await
+        .unwrap();
+    let hostile = Policy {
+        kinds: vec!["vm".into()],
+        module: guests::read(guests::HOSTILE),
+        timeout: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 20_000_000,
+        }),
+        ..Default::default()
+    };
+    let result = server
+        .policies("root")
+        .preview_policy(preview(&hostile, true, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counts(&result), (3, 1, 0, 2));
+    let mut faults: Vec<(&str, &str, &str)> = result
+        .samples
+        .iter()
+        .map(|s| (s.name.as_str(), s.kind.as_str(), s.reason.as_str()))
+        .collect();
+    faults.sort_unstable();
+    assert_eq!(
+        faults,
+        [
+            ("tenants/acme/vms/hog", "fault", "MEMORY"),
+            ("tenants/acme/vms/spinner", "fault", "TIMEOUT"),
+        ]
+    );
+    // The server goes on.
+    vms.create_virtual_machine(create_vm("after")).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_preview_over_http_by_an_uploaded_modules_digest() {
+    let server = TestServer::start().await;
+    server
+        .vms("acme-editor")
+        .create_virtual_machine(vm_of_type("big", "n2-standard-4"))
+        .await
+        .unwrap();
+    // Uploaded for prompts only, so that it judges no VM; previewed for VMs.
+    let uploaded = upload(
+        &server,
+        "guard",
+        binding(guests::VM_GUARD, &["prompt"], serde_json::json!({})),
+    )
+    .await
+    .unwrap();
+    let body = serde_json::json!({
+        "policy": {
+            "kinds": ["vm"],
+            "module_sha256": uploaded.module_sha256,
+            "settings": {"machine_types": ["e2-small"]},
+        },
+        "current_objects": true,
+    });
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/tenants/acme/policies:preview", server.http_base()))
+        .bearer_auth("root")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["evaluated"], "1");
+    assert_eq!(answer["denied"], "1");
+    assert_eq!(answer["samples"][0]["name"], "tenants/acme/vms/big");
+    server.stop().await;
 }
