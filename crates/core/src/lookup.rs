@@ -15,11 +15,10 @@ use std::sync::{Arc, Mutex};
 
 use arbiter_api::v1::{Prompt, User, VirtualMachine};
 use arbiter_store::{Store, Versioned};
-use tokio::runtime::Handle;
 
 use crate::error::Error;
 use crate::names;
-use crate::policy::{Fault, FaultKind, Lookup, Object};
+use crate::policy::{BoxFuture, Fault, FaultKind, Lookup, Object};
 use crate::stage::{Codec, Stage};
 
 /// What one lookup read from the store: the object's key and revision,
@@ -50,12 +49,10 @@ pub(crate) struct StoreLookup<S> {
     /// (`None`: deleted), with their codecs.
     staged: Vec<(Vec<u8>, Option<Versioned>, Codec)>,
     reads: Mutex<Vec<Looked>>,
-    handle: Handle,
 }
 
 impl<S: Store> StoreLookup<S> {
-    /// Lookups for an operation of `tenant` staged on `stage`. Must be made
-    /// inside the runtime.
+    /// Lookups for an operation of `tenant` staged on `stage`.
     pub(crate) fn new(store: Arc<S>, tenant: &str, stage: &Stage) -> Self {
         Self {
             store,
@@ -67,7 +64,6 @@ impl<S: Store> StoreLookup<S> {
                 .map(|s| (s.key.clone(), s.version(), s.codec))
                 .collect(),
             reads: Mutex::new(Vec::new()),
-            handle: Handle::current(),
         }
     }
 
@@ -92,8 +88,8 @@ fn unreadable(name: &str, e: impl std::fmt::Display) -> Fault {
     )
 }
 
-impl<S: Store> Lookup for StoreLookup<S> {
-    fn lookup(&self, name: &str) -> Result<Option<Object>, Fault> {
+impl<S: Store> StoreLookup<S> {
+    async fn read(&self, name: &str) -> Result<Option<Object>, Fault> {
         let Some(codec) = name.split('/').nth(2).and_then(judged_codec) else {
             return Ok(None);
         };
@@ -108,14 +104,17 @@ impl<S: Store> Lookup for StoreLookup<S> {
         if let Some((_, version, _)) = self.staged.iter().find(|(k, ..)| *k == key) {
             return version.as_ref().map(object).transpose();
         }
-        let stored = self
-            .handle
-            .block_on(self.store.get(&key))
-            .map_err(|e| unreadable(name, e))?;
+        let stored = self.store.get(&key).await.map_err(|e| unreadable(name, e))?;
         self.record(Looked {
             key: key.clone(),
             revision: stored.as_ref().map(|v| v.revision),
         });
         stored.as_ref().map(object).transpose()
+    }
+}
+
+impl<S: Store> Lookup for StoreLookup<S> {
+    fn lookup<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Object>, Fault>> {
+        Box::pin(self.read(name))
     }
 }

@@ -66,7 +66,7 @@ fn changed_stored<R: Resource>(key: &[u8], before: &Versioned, after: &Versioned
 }
 
 fn object_stored<R: Resource>(key: &[u8], stored: &Versioned) -> Result<crate::policy::Object, Error> {
-    decode::<R>(key, stored).and_then(|r| crate::policy::object_of(&r, &stored.value))
+    decode::<R>(key, stored).map(|r| crate::policy::object_of(&r))
 }
 
 impl Codec {

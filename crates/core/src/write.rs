@@ -353,13 +353,12 @@ impl<S: Store> Engine<S> {
         if bound.is_empty() {
             return Ok(());
         }
-        let object = |r: &R| policy::object_of(r, &encode(r));
         let input = Input {
             operation,
             tenant: name.tenant.clone(),
             principal: caller.principal.clone(),
-            current: current.map(object).transpose()?,
-            proposed: proposed.map(object).transpose()?,
+            current: current.map(policy::object_of),
+            proposed: proposed.map(policy::object_of),
             now_unix_ms: u64::try_from(now().0).unwrap_or_default(),
         };
         let lookup = std::sync::Arc::new(StoreLookup::new(

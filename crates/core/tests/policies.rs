@@ -51,9 +51,7 @@ impl PolicyRuntime for Scripted {
             match script.as_deref() {
                 Some("lookup") => {
                     let lookup = call.lookup.clone().unwrap();
-                    let found = tokio::task::spawn_blocking(move || lookup.lookup("tenants/acme/vms/other"))
-                        .await
-                        .unwrap()?;
+                    let found = lookup.lookup("tenants/acme/vms/other").await?;
                     assert!(found.is_some());
                     let target = input
                         .proposed

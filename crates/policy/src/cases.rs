@@ -47,7 +47,8 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use arbiter_core::policy::{
-    Call, DenialKind, Fault, FaultKind, Input, Limits, Lookup, NO_SETTINGS, Object, Operation, Verdict,
+    BoxFuture, Call, DenialKind, Fault, FaultKind, Input, Limits, Lookup, NO_SETTINGS, Object, Operation,
+    Verdict,
 };
 use serde::Deserialize;
 
@@ -186,16 +187,17 @@ struct Fixtures {
 }
 
 impl Lookup for Fixtures {
-    fn lookup(&self, name: &str) -> Result<Option<Object>, Fault> {
+    fn lookup<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Object>, Fault>> {
         let mut parts = name.split('/');
         let readable = parts.next() == Some("tenants")
             && parts.next() == Some(self.tenant.as_str())
             && matches!(parts.next(), Some("vms" | "users" | "prompts"))
             && parts.next().is_some_and(|id| !id.is_empty())
             && parts.next().is_none();
-        Ok(readable
+        let found = readable
             .then(|| self.objects.iter().find(|o| o.name == name).cloned())
-            .flatten())
+            .flatten();
+        Box::pin(std::future::ready(Ok(found)))
     }
 }
 

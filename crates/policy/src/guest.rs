@@ -172,7 +172,7 @@ impl crate::bindings::v2::PolicyImports for GuestState {
 
     /// Reads an object of the request's tenant; the 17th call of an
     /// evaluation stops it with a fault.
-    fn lookup(
+    async fn lookup(
         &mut self,
         name: String,
     ) -> wasmtime::Result<Option<crate::bindings::v2::arbiter::policy::types::Object>> {
@@ -189,7 +189,7 @@ impl crate::bindings::v2::PolicyImports for GuestState {
         if name.len() > MAX_LOOKUP_NAME {
             return Ok(None);
         }
-        match lookup.lookup(&name) {
+        match lookup.lookup(&name).await {
             Ok(found) => Ok(found.as_ref().map(crate::convert::v2::object)),
             Err(fault) => Err(self.stop(fault)),
         }

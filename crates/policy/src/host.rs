@@ -9,12 +9,13 @@ use std::time::Duration;
 use arbiter_core::policy::{
     BoxFuture, Call, Fault, FaultKind, Input, Limits, LoadError, Lookup, NO_SETTINGS, PolicyRuntime, Verdict,
 };
-use tokio::runtime::{Handle, RuntimeFlavor};
+use std::time::Instant;
+
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
-    Trap,
+    Trap, UpdateDeadline,
 };
 
 use crate::bindings::{v1, v2};
@@ -217,6 +218,8 @@ fn pool(config: &HostConfig) -> PoolingAllocationConfig {
     // other tenants' policies fail to start; a component over its share
     // is refused at upload.
     pool.total_component_instances(n)
+        // Each evaluation runs on a fiber stack of its own.
+        .total_stacks(n)
         .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
         .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
         .total_memories(n.saturating_mul(MEMORIES_PER_COMPONENT))
@@ -354,7 +357,7 @@ impl Host {
         // (the SDK's components do).
         let host_error = |e: wasmtime::Error| HostError(e.to_string());
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(host_error)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(host_error)?;
         v1::Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state).map_err(host_error)?;
         linker.allow_shadowing(true);
         v2::Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state).map_err(host_error)?;
@@ -413,10 +416,12 @@ impl Host {
     pub fn instantiate_blocking(&self, digest: &str, limits: Limits) -> Result<(), Fault> {
         let pre = self.inner.loaded(digest)?;
         let mut store = self.inner.store(0, limits, None);
-        let instantiated = match &pre {
-            Pre::V1(pre) => pre.instantiate(&mut store).map(drop),
-            Pre::V2(pre) => pre.instantiate(&mut store).map(drop),
-        };
+        let instantiated = futures::executor::block_on(async {
+            match &pre {
+                Pre::V1(pre) => pre.instantiate_async(&mut store).await.map(drop),
+                Pre::V2(pre) => pre.instantiate_async(&mut store).await.map(drop),
+            }
+        });
         instantiated.map_err(|e| classify(&e, store.data(), limits, &[]))
     }
 
@@ -429,18 +434,18 @@ impl Host {
         limits: Limits,
         input: &Input,
     ) -> Result<Verdict, Fault> {
-        self.inner.evaluate(&Call::new(digest, policy, limits), input)
+        self.evaluate_call_blocking(&Call::new(digest, policy, limits), input)
     }
 
     /// Evaluates `call` on `input` on this thread. Blocking.
     pub fn evaluate_call_blocking(&self, call: &Call, input: &Input) -> Result<Verdict, Fault> {
-        self.inner.evaluate(call, input)
+        futures::executor::block_on(self.inner.evaluate(call, input))
     }
 
     /// Asks a loaded module whether it accepts `call.settings_json`, on
     /// this thread. Blocking.
     pub fn validate_settings_blocking(&self, call: &Call) -> Result<Result<(), String>, Fault> {
-        self.inner.validate_settings(call)
+        futures::executor::block_on(self.inner.validate_settings(call))
     }
 
     /// The world version of a loaded module: `"0.1.0"` or `"0.2.0"`.
@@ -511,37 +516,57 @@ impl Inner {
             .ok_or_else(|| Fault::new(FaultKind::Unavailable, format!("module {digest} is not loaded")))
     }
 
-    /// A fresh store for one evaluation, with its limits.
+    /// A fresh store for one evaluation, with its limits. At every epoch
+    /// tick the evaluation yields to the runtime, and past its time limit
+    /// it is interrupted.
     fn store(&self, now_unix_ms: u64, limits: Limits, lookup: Option<Arc<dyn Lookup>>) -> Store<GuestState> {
         let state = GuestState::new(now_unix_ms, limits.memory_bytes).with_lookup(lookup);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
-        let ticks = limits.timeout.as_millis().div_ceil(TICK.as_millis()) + 1;
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        let deadline = Instant::now() + limits.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                // tokio's yield: the evaluation goes on after the runtime
+                // has polled its I/O and timers, so a long evaluation
+                // never keeps a worker from new requests.
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+            })
+        });
         store
     }
 
-    fn evaluate(&self, call: &Call, input: &Input) -> Result<Verdict, Fault> {
+    async fn evaluate(&self, call: &Call, input: &Input) -> Result<Verdict, Fault> {
         let pre = self.loaded(&call.digest)?;
         let mut store = self.store(input.now_unix_ms, call.limits, call.lookup.clone());
         let result = match &pre {
             Pre::V1(pre) => {
                 let request = convert::v1::request(input);
-                pre.instantiate(&mut store)
-                    .and_then(|instance| instance.call_evaluate(&mut store, &request))
-                    .map(convert::v1::verdict)
+                match pre.instantiate_async(&mut store).await {
+                    Ok(instance) => instance
+                        .call_evaluate(&mut store, &request)
+                        .await
+                        .map(convert::v1::verdict),
+                    Err(e) => Err(e),
+                }
             }
             Pre::V2(pre) => {
                 let request = convert::v2::request(input, &call.settings_json);
-                pre.instantiate(&mut store)
-                    .and_then(|instance| instance.call_evaluate(&mut store, &request))
-                    .map(convert::v2::verdict)
+                match pre.instantiate_async(&mut store).await {
+                    Ok(instance) => instance
+                        .call_evaluate(&mut store, &request)
+                        .await
+                        .map(convert::v2::verdict),
+                    Err(e) => Err(e),
+                }
             }
         };
         self.finish(&call.policy, call.limits, store.data(), result)
     }
 
-    fn validate_settings(&self, call: &Call) -> Result<Result<(), String>, Fault> {
+    async fn validate_settings(&self, call: &Call) -> Result<Result<(), String>, Fault> {
         let pre = self.loaded(&call.digest)?;
         let Pre::V2(pre) = pre else {
             return Ok(if no_settings(&call.settings_json) {
@@ -551,9 +576,14 @@ impl Inner {
             });
         };
         let mut store = self.store(0, call.limits, None);
-        let result = pre
-            .instantiate(&mut store)
-            .and_then(|instance| instance.call_validate_settings(&mut store, &call.settings_json));
+        let result = match pre.instantiate_async(&mut store).await {
+            Ok(instance) => {
+                instance
+                    .call_validate_settings(&mut store, &call.settings_json)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         self.finish(&call.policy, call.limits, store.data(), result)
     }
 
@@ -688,12 +718,8 @@ impl PolicyRuntime for Host {
     fn evaluate(&self, call: Call, input: Arc<Input>) -> BoxFuture<'_, Result<Verdict, Fault>> {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
-            let slot = inner.slots.acquire(&input.tenant).await?;
-            run_in_slot(move || {
-                let _slot = slot;
-                inner.evaluate(&call, &input)
-            })
-            .await
+            let _slot = inner.slots.acquire(&input.tenant).await?;
+            inner.evaluate(&call, &input).await
         })
     }
 
@@ -707,16 +733,12 @@ impl PolicyRuntime for Host {
         Box::pin(async move {
             // Validations share the slots of evaluations: an admin's
             // uploads never take more than one tenant's share.
-            let slot = inner.slots.acquire(VALIDATIONS).await?;
+            let _slot = inner.slots.acquire(VALIDATIONS).await?;
             let call = Call {
                 settings_json: settings_json.into(),
                 ..Call::new(digest, "settings validation", limits)
             };
-            run_in_slot(move || {
-                let _slot = slot;
-                inner.validate_settings(&call)
-            })
-            .await
+            inner.validate_settings(&call).await
         })
     }
 }
@@ -724,24 +746,6 @@ impl PolicyRuntime for Host {
 /// The slot key of settings validations: not a tenant id (ids are RFC 1123
 /// labels), so it never shares a tenant's slots.
 const VALIDATIONS: &str = "#validations";
-
-/// Runs an evaluation that holds its slot.
-async fn run_in_slot<T: Send + 'static>(
-    run: impl FnOnce() -> Result<T, Fault> + Send + 'static,
-) -> Result<T, Fault> {
-    // On the multi-threaded runtime the evaluation runs on this thread,
-    // which first hands its other tasks to another worker: no wake-up of a
-    // pool thread and no wait for it to be scheduled, which on a busy
-    // machine costs far more than the evaluation. Elsewhere
-    // (single-threaded runtimes, as in some tests), on the blocking pool.
-    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-        tokio::task::block_in_place(run)
-    } else {
-        tokio::task::spawn_blocking(run)
-            .await
-            .map_err(|e| Fault::new(FaultKind::Unavailable, format!("the evaluation task failed: {e}")))?
-    }
-}
 
 #[cfg(test)]
 mod tests {

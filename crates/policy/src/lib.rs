@@ -20,8 +20,10 @@
 //!   library works, but with no files, sockets, environment or arguments;
 //!   the wall clock reads the request's time; stdout and stderr go to the
 //!   log. The host's `log` import goes to `tracing`, rate-limited.
-//! - **Off the reactor.** Evaluations run on tokio's blocking pool, at most
-//!   as many at once as the pool has instance slots.
+//! - **On the request's task.** Evaluations run as async fibers on the
+//!   request's own task, yielding to the runtime at every epoch tick, so a
+//!   slow policy never holds a worker thread; at most as many run at once
+//!   as the pool has instance slots.
 //!
 //! [`cases`] runs a YAML file of request → expected decision cases against
 //! a module: the engine of `arbiter policy test`.
@@ -44,6 +46,7 @@ mod bindings {
         wasmtime::component::bindgen!({
             world: "policy",
             path: "../../policies/wit/0.1.0",
+            exports: { default: async },
         });
     }
 
@@ -53,7 +56,8 @@ mod bindings {
         wasmtime::component::bindgen!({
             world: "policy",
             path: "../../policies/wit/0.2.0",
-            imports: { "lookup": trappable },
+            imports: { "lookup": async | trappable },
+            exports: { default: async },
         });
     }
 }

@@ -137,9 +137,16 @@ fn settings_decide_and_bad_settings_are_refused_in_the_modules_words() {
 struct Objects(Vec<Object>, std::sync::atomic::AtomicUsize);
 
 impl arbiter_core::policy::Lookup for Objects {
-    fn lookup(&self, name: &str) -> Result<Option<Object>, arbiter_core::policy::Fault> {
+    fn lookup<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> arbiter_core::policy::BoxFuture<'a, Result<Option<Object>, arbiter_core::policy::Fault>> {
         self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(self.0.iter().find(|o| o.name == name).cloned())
+        Box::pin(std::future::ready(Ok(self
+            .0
+            .iter()
+            .find(|o| o.name == name)
+            .cloned())))
     }
 }
 

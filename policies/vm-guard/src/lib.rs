@@ -52,9 +52,17 @@ fn default_machine_types() -> Vec<String> {
 }
 
 /// Parses and checks settings: what `validate-settings` refuses, no
-/// evaluation ever sees.
+/// evaluation ever sees. A binding without settings (`{}`) takes the
+/// defaults without parsing.
 fn settings(json: &str) -> Result<Settings, SettingsError> {
-    let settings: Settings = parse_settings(json)?;
+    let settings: Settings = if json == "{}" {
+        Settings {
+            machine_types: default_machine_types(),
+            required_labels: Vec::new(),
+        }
+    } else {
+        parse_settings(json)?
+    };
     if settings.machine_types.is_empty() {
         return Err(SettingsError(
             "machine_types is empty, which would refuse every VM; list at least one machine type, or leave it out for the defaults".into(),
@@ -70,6 +78,14 @@ fn settings(json: &str) -> Result<Settings, SettingsError> {
         )));
     }
     Ok(settings)
+}
+
+/// The one field of a VM's spec this policy reads.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MachineType {
+    #[serde(default)]
+    machine_type: String,
 }
 
 struct VmGuard;
@@ -120,11 +136,12 @@ fn check_vm(req: &Request, settings: &Settings) -> Decision {
         .violation(&format!("vm.labels.{missing}"), "required by the tenant's policy")
         .into();
     }
-    let spec = match vm.spec() {
+    // Only the field this policy reads is parsed out of the spec.
+    let spec: MachineType = match vm.spec_as() {
         Ok(spec) => spec,
         Err(e) => return invalid("UNREADABLE_SPEC", &e.to_string()).into(),
     };
-    let machine_type = spec.str("machineType");
+    let machine_type = spec.machine_type.as_str();
     if settings.machine_types.iter().any(|t| t == machine_type) {
         return allow();
     }

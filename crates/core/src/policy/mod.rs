@@ -426,25 +426,134 @@ impl Policies {
     }
 }
 
-/// The object a policy sees for resource `r`, whose stored encoding is
-/// `encoded`.
-pub(crate) fn object_of<R: Resource>(r: &R, encoded: &[u8]) -> Result<Object, Error> {
+/// The object a policy sees for resource `r`.
+pub(crate) fn object_of<R: Resource>(r: &R) -> Object {
     let meta = r.meta();
-    let spec_json = arbiter_api::json::to_json(R::KIND.type_name, encoded)
-        .map_err(|e| Error::storage("preparing the request for policies", e))?;
-    Ok(Object {
+    Object {
         kind: R::KIND.singular.to_string(),
         name: meta.name.to_string(),
         state: R::KIND.state_name(meta.state).to_string(),
         labels: meta.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        spec_json,
+        spec_json: spec_json(r),
         revision: meta.revision,
-    })
+    }
+}
+
+/// `snake_case` as `lowerCamelCase`, as proto3 JSON names fields.
+fn camel(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The resource as proto3 JSON, as it is stored (without the etag and
+/// revision, which the store keeps): written from the typed resource, with
+/// no descriptor lookups or re-decoding, as every judged write needs it.
+/// Fields at their default values are left out, as proto3 JSON does.
+pub(crate) fn spec_json<R: Resource>(r: &R) -> String {
+    use serde_json::Value;
+    let meta = r.meta();
+    let mut out = serde_json::Map::new();
+    let mut text = |key: &str, value: &str| {
+        if !value.is_empty() {
+            out.insert(key.to_string(), Value::String(value.to_string()));
+        }
+    };
+    text("name", meta.name);
+    text("uid", meta.uid);
+    text("createdBy", meta.created_by);
+    text("updatedBy", meta.updated_by);
+    for field in R::KIND.fields {
+        if let Some(value) = r.field(field.name) {
+            text(&camel(field.name), value);
+        }
+    }
+    if !meta.labels.is_empty() {
+        let labels = meta
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        out.insert("labels".into(), Value::Object(labels));
+    }
+    if meta.state != 0 {
+        out.insert(
+            "state".into(),
+            Value::String(R::KIND.state_name(meta.state).into()),
+        );
+    }
+    for (key, time) in [("createTime", meta.create_time), ("updateTime", meta.update_time)] {
+        if let Some(time) = time {
+            out.insert(key.into(), Value::String(time.to_string()));
+        }
+    }
+    Value::Object(out).to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The typed JSON is the JSON the descriptors make of the stored
+    /// encoding, field for field.
+    #[test]
+    fn spec_json_matches_proto3_json_of_the_stored_resource() {
+        use arbiter_api::v1::{Prompt, User, VirtualMachine};
+        fn same<R: Resource>(r: R) {
+            let mut bare = r.clone();
+            bare.meta_mut().etag.clear();
+            *bare.meta_mut().revision = 0;
+            let reflected = arbiter_api::json::to_json(R::KIND.type_name, &bare.encode_to_vec())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let typed: serde_json::Value = serde_json::from_str(&spec_json(&r)).unwrap_or_default();
+            let reflected: serde_json::Value = serde_json::from_str(&reflected).unwrap_or_default();
+            assert_eq!(typed, reflected);
+        }
+        let time = |seconds, nanos| Some(prost_types::Timestamp { seconds, nanos });
+        same(VirtualMachine {
+            name: "tenants/acme/vms/web-1".into(),
+            uid: "u-1".into(),
+            labels: [("env".to_string(), "prod \"quoted\" é".to_string())].into(),
+            state: 2,
+            etag: "\"2a\"".into(),
+            create_time: time(1_764_000_000, 0),
+            update_time: time(1_764_000_001, 774_297_117),
+            created_by: "alice".into(),
+            updated_by: "bob".into(),
+            revision: 42,
+            display_name: "Web".into(),
+            region: "us-east1".into(),
+            machine_type: "e2-small".into(),
+            image: "debian-12".into(),
+        });
+        same(VirtualMachine::default());
+        same(User {
+            name: "tenants/acme/users/ada".into(),
+            email: "ada@acme.com".into(),
+            state: 1,
+            update_time: time(1_764_000_001, 120_000_000),
+            ..Default::default()
+        });
+        same(Prompt {
+            name: "tenants/acme/prompts/p".into(),
+            template: "Summarize {{text}}\n".into(),
+            model: "claude-3.5".into(),
+            description: "d".into(),
+            state: 3,
+            create_time: time(1_764_000_000, 1_000),
+            ..Default::default()
+        });
+    }
 
     #[test]
     fn settings_numbers_that_are_integers_read_as_integers() {

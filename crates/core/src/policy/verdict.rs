@@ -244,10 +244,9 @@ pub const MAX_LOOKUPS: usize = 16;
 /// Reads objects for a policy's `lookup` import (`arbiter:policy@0.2.0`).
 pub trait Lookup: Send + Sync {
     /// The object `name` names, as the evaluation sees it: `None` when it
-    /// is absent, another tenant's, a policy, or not a resource name.
-    /// Blocking: called from inside an evaluation. An error is a fault of
-    /// the evaluation (the store could not be read).
-    fn lookup(&self, name: &str) -> Result<Option<Object>, Fault>;
+    /// is absent, another tenant's, a policy, or not a resource name. An
+    /// error is a fault of the evaluation (the store could not be read).
+    fn lookup<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Object>, Fault>>;
 }
 
 /// One evaluation: which module runs, for which policy, within which
