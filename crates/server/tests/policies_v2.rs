@@ -357,13 +357,11 @@ async fn one_primary(servers: &[&TestServer]) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(won, 1, "exactly one racer made its VM the primary");
-    assert_eq!(
-        listed.vms.len(),
-        1,
-        "{:?}",
-        listed.vms.iter().map(|v| &v.name).collect::<Vec<_>>()
-    );
+    // Never two. (Normally exactly one: the last racer to point the
+    // registry wins, unless the server turned it away as busy.)
+    let names: Vec<&String> = listed.vms.iter().map(|v| &v.name).collect();
+    assert!(listed.vms.len() <= 1, "more than one primary VM: {names:?}");
+    assert_eq!(won, listed.vms.len(), "{names:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
