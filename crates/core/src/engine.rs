@@ -68,6 +68,11 @@ pub struct Engine<S> {
     pub(crate) policies: Policies,
 }
 
+/// Now in Unix milliseconds, as policies see the time of a request.
+pub(crate) fn now_ms() -> u64 {
+    u64::try_from(now().0).unwrap_or_default()
+}
+
 pub(crate) fn now() -> (i64, Timestamp) {
     let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let ms = i64::try_from(since.as_millis()).unwrap_or(i64::MAX);

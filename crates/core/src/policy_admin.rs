@@ -104,13 +104,7 @@ impl<S: Store> Engine<S> {
         if digest.is_empty() {
             return Ok(());
         }
-        let json = match settings {
-            Some(settings) => crate::policy::settings_json(&Policy {
-                settings: Some(settings.clone()),
-                ..Policy::default()
-            })?,
-            None => Arc::from(crate::policy::NO_SETTINGS),
-        };
+        let json = crate::policy::settings_json(settings);
         self.policies
             .ensure_loaded(&*self.store, digest)
             .await

@@ -145,10 +145,6 @@ fn operation_of(verb: &str) -> Operation {
     }
 }
 
-fn now_ms() -> u64 {
-    u64::try_from(crate::engine::now().0).unwrap_or_default()
-}
-
 impl<S: Store> Engine<S> {
     /// Judges the tenant's current objects and recent changes with a
     /// candidate policy; stores nothing.
@@ -172,7 +168,7 @@ impl<S: Store> Engine<S> {
             .await?;
         policy.name = format!("tenants/{tenant}/policies/preview");
         let binding = Binding {
-            settings_json: settings_json(&policy)?,
+            settings_json: settings_json(policy.settings.as_ref()),
             policy,
         };
         let revision = self
@@ -278,7 +274,7 @@ impl<S: Store> Engine<S> {
                         principal,
                         current: None,
                         proposed: Some(object),
-                        now_unix_ms: now_ms(),
+                        now_unix_ms: crate::engine::now_ms(),
                     };
                     let Some(result) = self.preview_one(tenant, binding, input, tally).await else {
                         return Ok(());
@@ -307,10 +303,7 @@ impl<S: Store> Engine<S> {
         let changes = self
             .recent_changes(tenant, binding, want, revision, tally)
             .await?;
-        for change in changes {
-            let Some(codec) = object_of_key(tenant, &change.key) else {
-                continue;
-            };
+        for (codec, change) in changes {
             let version = |value: &Option<Vec<u8>>, revision: u64| -> Result<_, Error> {
                 value
                     .as_ref()
@@ -342,8 +335,8 @@ impl<S: Store> Engine<S> {
         Ok(())
     }
 
-    /// The tenant's latest `want` changes that the policy binds, oldest
-    /// first, among the last [`LOG_WINDOW`] revisions up to `revision`.
+    /// The tenant's latest `want` changes that the policy binds, each with
+    /// its kind's codec, oldest first, among the last [`LOG_WINDOW`] revisions up to `revision`.
     /// The whole log is followed (not only the tenant's part), so that the
     /// change at `revision` itself marks the end.
     async fn recent_changes(
@@ -353,7 +346,7 @@ impl<S: Store> Engine<S> {
         want: usize,
         revision: u64,
         tally: &mut Tally,
-    ) -> Result<VecDeque<ChangeEvent>, Error> {
+    ) -> Result<VecDeque<(Codec, ChangeEvent)>, Error> {
         let mut kept = VecDeque::with_capacity(want.min(1024));
         if revision == 0 {
             return Ok(kept);
@@ -397,14 +390,13 @@ impl<S: Store> Engine<S> {
                     break;
                 }
                 done |= change.revision == revision;
-                let bound = object_of_key(tenant, &change.key).is_some_and(|c| {
-                    binds(&binding.policy, c.kind.singular, operation_of(&change.operation))
-                });
-                if bound {
+                let bound = object_of_key(tenant, &change.key)
+                    .filter(|c| binds(&binding.policy, c.kind.singular, operation_of(&change.operation)));
+                if let Some(codec) = bound {
                     if kept.len() == want {
                         kept.pop_front();
                     }
-                    kept.push_back(change);
+                    kept.push_back((codec, change));
                 }
             }
             if done {

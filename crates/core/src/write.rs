@@ -359,7 +359,7 @@ impl<S: Store> Engine<S> {
             principal: caller.principal.clone(),
             current: current.map(policy::object_of),
             proposed: proposed.map(policy::object_of),
-            now_unix_ms: u64::try_from(now().0).unwrap_or_default(),
+            now_unix_ms: crate::engine::now_ms(),
         };
         let lookup = std::sync::Arc::new(StoreLookup::new(
             std::sync::Arc::clone(&self.store),

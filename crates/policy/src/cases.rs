@@ -191,7 +191,7 @@ impl Lookup for Fixtures {
         let mut parts = name.split('/');
         let readable = parts.next() == Some("tenants")
             && parts.next() == Some(self.tenant.as_str())
-            && matches!(parts.next(), Some("vms" | "users" | "prompts"))
+            && parts.next().and_then(judged_kind).is_some()
             && parts.next().is_some_and(|id| !id.is_empty())
             && parts.next().is_none();
         let found = readable
@@ -201,13 +201,20 @@ impl Lookup for Fixtures {
     }
 }
 
-/// The kind whose collection a name is in: `tenants/t/users/bob` → `user`.
+/// The judged kind whose collection is `collection`, e.g. `users`.
+fn judged_kind(collection: &str) -> Option<&'static arbiter_core::kind::Kind> {
+    arbiter_core::kinds::JUDGED_KINDS
+        .into_iter()
+        .find(|k| k.collection == collection)
+}
+
+/// The kind whose collection a name is in: `tenants/t/users/bob` → `user`
+/// (`vm` when the name says none).
 fn kind_of_name(name: &str) -> &'static str {
-    match name.split('/').nth(2) {
-        Some("users") => "user",
-        Some("prompts") => "prompt",
-        _ => "vm",
-    }
+    name.split('/')
+        .nth(2)
+        .and_then(judged_kind)
+        .map_or("vm", |k| k.singular)
 }
 
 /// The outcome of a run.
