@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "arbiter/v1/policies.proto",
     "arbiter/v1/changes.proto",
     "arbiter/v1/transactions.proto",
+    "arbiter/v1/stats.proto",
 ];
 
 const RPC_PROTOS: &[&str] = &[

@@ -1,5 +1,5 @@
 //! Arbitrary bytes as the message of a gRPC call to any method of the
-//! resource services and to transactions, through tonic's decoding, the authentication layer,
+//! resource services, to transactions and to statistics, through tonic's decoding, the authentication layer,
 //! the services' request conversion and the engine's validation on a real
 //! store. Whatever the bytes, the answer is a gRPC status other than
 //! UNKNOWN or INTERNAL: bad input is the client's error, never a crash.
@@ -27,6 +27,7 @@ const METHODS: &[&str] = &[
     "/arbiter.v1.Policies/UpdatePolicy",
     "/arbiter.v1.Policies/PreviewPolicy",
     "/arbiter.v1.Transactions/CommitTransaction",
+    "/arbiter.v1.Stats/GetConflictStats",
 ];
 
 fuzz_target!(|data: &[u8]| {

@@ -94,7 +94,8 @@ impl Watched for Policy {
     }
 }
 
-fn kind_of_collection(collection: &str) -> Option<&'static Kind> {
+/// The kind of a collection name (`vms`), if it is one of the API's.
+pub fn kind_of_collection(collection: &str) -> Option<&'static Kind> {
     WATCHED.iter().copied().find(|k| k.collection == collection)
 }
 

@@ -66,6 +66,7 @@ pub struct Engine<S> {
     pub(crate) config: EngineConfig,
     pub(crate) inflight: Inflight,
     pub(crate) policies: Policies,
+    pub(crate) conflicts: crate::stats::ConflictCounter,
 }
 
 /// Now in Unix milliseconds, as policies see the time of a request.
@@ -132,6 +133,7 @@ impl<S: Store> Engine<S> {
             config,
             inflight: Inflight::default(),
             policies,
+            conflicts: crate::stats::ConflictCounter::new(),
         }
     }
 
@@ -143,6 +145,7 @@ impl<S: Store> Engine<S> {
             config,
             inflight: Inflight::default(),
             policies,
+            conflicts: crate::stats::ConflictCounter::new(),
         }
     }
 

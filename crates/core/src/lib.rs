@@ -14,6 +14,7 @@
 //!   answers, the [`PolicyRuntime`] that runs modules, binding, modes and
 //!   failure policies; [`policy_admin`]: module upload around policy CRUD.
 //! - [`auth`]: callers, roles and tenant access.
+//! - [`stats`]: statistics of refused requests, kept in the store.
 //! - [`names`], [`validate`], [`mask`], [`filter`], [`page`]: request parsing.
 
 mod access;
@@ -39,6 +40,7 @@ pub mod preview;
 pub mod quota;
 pub mod requests;
 mod stage;
+pub mod stats;
 mod transaction;
 pub mod validate;
 mod violation;

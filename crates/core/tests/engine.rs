@@ -75,6 +75,20 @@ impl Store for Gated {
     async fn get_blob(&self, digest: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.get_blob(digest).await
     }
+    async fn put_stats(&self, records: arbiter_store::StatsRecords) -> Result<(), StoreError> {
+        self.inner.put_stats(records).await
+    }
+    async fn scan_stats(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<arbiter_store::StatsRecords, StoreError> {
+        self.inner.scan_stats(from, to, limit).await
+    }
+    async fn delete_stats(&self, from: &[u8], to: &[u8]) -> Result<(), StoreError> {
+        self.inner.delete_stats(from, to).await
+    }
     async fn revision(&self) -> Result<u64, StoreError> {
         self.inner.revision().await
     }

@@ -93,6 +93,10 @@ pub struct Config {
     /// How long the change log keeps changes (watch resume, history).
     #[serde(with = "duration")]
     pub history_retention: std::time::Duration,
+    /// How often the statistics of refused requests are written to the
+    /// store (what a `kill -9` may lose).
+    #[serde(with = "duration")]
+    pub stats_flush_interval: std::time::Duration,
     /// TLS certificate chain (PEM): with `tls_key`, both listeners serve
     /// TLS only.
     pub tls_cert: Option<PathBuf>,
@@ -131,6 +135,7 @@ impl Default for Config {
             etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
             etcd_prefix: "/arbiter".into(),
             history_retention: std::time::Duration::from_secs(168 * 60 * 60),
+            stats_flush_interval: std::time::Duration::from_secs(10),
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -218,6 +223,10 @@ pub struct ServeArgs {
     /// How long changes are kept for watch and history [default: 168h].
     #[arg(long, env = "ARBITER_HISTORY_RETENTION", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub history_retention: Option<std::time::Duration>,
+    /// How often the statistics of refused requests are written to the
+    /// store [default: 10s].
+    #[arg(long, env = "ARBITER_STATS_FLUSH_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub stats_flush_interval: Option<std::time::Duration>,
     /// TLS certificate chain, PEM (re-read when it changes).
     #[arg(long, env = "ARBITER_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -252,6 +261,12 @@ impl Config {
             None => Self::default(),
         };
         config.apply(args);
+        if config.stats_flush_interval < std::time::Duration::from_millis(100) {
+            anyhow::bail!(
+                "stats_flush_interval (--stats-flush-interval) is {:?}; give at least 100ms",
+                config.stats_flush_interval
+            );
+        }
         Ok(config)
     }
 
@@ -278,6 +293,7 @@ impl Config {
             etcd_endpoints,
             etcd_prefix,
             history_retention,
+            stats_flush_interval,
             max_inflight_per_tenant,
             tls_cert,
             tls_key,
@@ -342,6 +358,9 @@ impl Config {
         }
         if let Some(v) = history_retention {
             self.history_retention = v;
+        }
+        if let Some(v) = stats_flush_interval {
+            self.stats_flush_interval = v;
         }
         if let Some(v) = max_inflight_per_tenant {
             self.limits.max_inflight_per_tenant = v;

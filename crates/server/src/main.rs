@@ -89,6 +89,11 @@ enum Command {
         #[arg(long, default_value = "")]
         filter: String,
     },
+    /// Statistics of refused requests.
+    Stats {
+        #[command(subcommand)]
+        command: StatsCommand,
+    },
     /// A resource's history: who changed what, when, newest first.
     History {
         /// The resource's full name.
@@ -108,6 +113,14 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum StatsCommand {
+    /// Refused requests of a tenant over a window (default: the last
+    /// hour): counts by collection, method and reason, the most contended
+    /// resources and the latest refusals.
+    Conflicts(arbiter_server::cli::ConflictStatsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,6 +229,9 @@ fn main() -> ExitCode {
             filter,
         }),
         Command::History { name } => client(ClientCommand::History { name }),
+        Command::Stats {
+            command: StatsCommand::Conflicts(args),
+        } => client(ClientCommand::ConflictStats(args)),
         Command::Edit { name, on_conflict } => client(ClientCommand::Edit { name, on_conflict }),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "arbiter", &mut std::io::stdout());

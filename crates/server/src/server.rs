@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use arbiter_api::v1::{
     changes_server::ChangesServer, policies_server::PoliciesServer, prompts_server::PromptsServer,
-    transactions_server::TransactionsServer, users_server::UsersServer,
+    stats_server::StatsServer, transactions_server::TransactionsServer, users_server::UsersServer,
     virtual_machines_server::VirtualMachinesServer,
 };
 use arbiter_core::{Engine, EngineConfig};
@@ -112,7 +112,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if unused > 0 {
         tracing::info!(unused, "removed the counts of quotas no longer configured");
     }
-    let retention = config.history_retention;
     let max_upload = usize::try_from(config.policy_max_module_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(1 << 20);
@@ -130,6 +129,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             id_pattern: Some(arbiter_core::validate::ID_PATTERN.to_string()),
             admit: None,
         },
+        retention: config.history_retention,
+        stats_flush: config.stats_flush_interval,
     };
     let grpc = TcpListener::bind(config.grpc_addr)
         .await
@@ -139,15 +140,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on {} (http_addr)", config.http_addr))?;
     let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(serve(
-        Arc::clone(&engine),
-        tokens,
-        grpc,
-        http,
-        stopped,
-        settings,
-        retention,
-    ));
+    let task = tokio::spawn(serve(Arc::clone(&engine), tokens, grpc, http, stopped, settings));
     tracing::info!(%grpc_addr, %http_addr, store = ?config.store, data_dir = %config.data_dir.display(), "serving");
     Ok(Running {
         grpc_addr,
@@ -227,6 +220,10 @@ struct Settings {
     tls: Option<crate::tls::Acceptors>,
     /// HTTP API settings.
     http: arbiter_http::Options,
+    /// How long the change log keeps changes.
+    retention: Duration,
+    /// How often the statistics of refused requests are written.
+    stats_flush: Duration,
 }
 
 /// The gRPC services of the API on `engine`, added to `routes` (which
@@ -248,6 +245,7 @@ pub fn routes(
         .add_service(UsersServer::new(api.clone()))
         .add_service(PromptsServer::new(api.clone()))
         .add_service(ChangesServer::new(api.clone()))
+        .add_service(StatsServer::new(api.clone()))
         .add_service(TransactionsServer::new(api.clone()))
         .add_service(PoliciesServer::new(api).max_decoding_message_size(max_upload)))
 }
@@ -259,7 +257,6 @@ async fn serve(
     http: TcpListener,
     stopped: impl Future<Output = Result<(), oneshot::error::RecvError>> + Send + 'static,
     settings: Settings,
-    retention: Duration,
 ) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
     readiness::report(&reporter, false).await;
@@ -300,8 +297,9 @@ async fn serve(
             let _ = http_stopped.await;
         },
     ));
-    let compact = tokio::spawn(compact_loop(Arc::clone(&engine), retention));
+    let compact = tokio::spawn(compact_loop(Arc::clone(&engine), settings.retention));
     let policies = tokio::spawn(engine.follow_policies());
+    let stats = tokio::spawn(stats_loop(Arc::clone(&engine), settings.stats_flush));
     let router = tonic::transport::Server::builder()
         // Streams one connection may hold open at once, and pings that
         // find connections whose peer is gone.
@@ -349,14 +347,41 @@ async fn serve(
     // The background tasks hold the engine: wait until they are gone, so
     // that the store is closed when this returns (a restart in the same
     // process opens it again).
-    for task in [compact, policies, sweep, follow] {
+    for task in [compact, policies, sweep, follow, stats] {
         task.abort();
         let _ = task.await;
+    }
+    // What was counted since the last flush.
+    if let Err(e) = engine.flush_conflict_stats().await {
+        tracing::warn!(error = %e, "writing conflict statistics at shutdown failed");
     }
     drop(engine);
     tracing::info!("stopped");
     result.context("the gRPC server failed")
 }
+
+/// Writes the statistics of refused requests every `every`, and deletes
+/// those past their retention every hour.
+async fn stats_loop(engine: Arc<Engine<AnyStore>>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pruned: Option<tokio::time::Instant> = None;
+    loop {
+        tick.tick().await;
+        if let Err(e) = engine.flush_conflict_stats().await {
+            tracing::warn!(error = %e, "writing conflict statistics failed; retrying at the next flush");
+        }
+        if pruned.is_none_or(|at| at.elapsed() >= PRUNE_STATS_EVERY) {
+            pruned = Some(tokio::time::Instant::now());
+            if let Err(e) = engine.prune_conflict_stats().await {
+                tracing::warn!(error = %e, "deleting old conflict statistics failed");
+            }
+        }
+    }
+}
+
+/// How often statistics past their retention are deleted.
+const PRUNE_STATS_EVERY: Duration = Duration::from_secs(3600);
 
 /// Forgets changes older than `retention` and expired request records,
 /// every minute.

@@ -447,6 +447,49 @@ async fn errors_print_what_conflicted_and_exit_by_class() {
         .output()
         .unwrap();
     assert_eq!(unreachable.status.code(), Some(6));
+    // The refusals above, counted: as tables and as JSON.
+    let out = run(
+        s,
+        "acme-viewer",
+        &["stats", "conflicts", "acme", "--codes", "conflicts"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("CreateVirtualMachine"), "{stdout}");
+    assert!(stdout.contains("RESOURCE_EXISTS"), "{stdout}");
+    assert!(stdout.contains("tenants/acme/vms/web-1"), "{stdout}");
+    let out = run(
+        s,
+        "acme-viewer",
+        &[
+            "stats",
+            "conflicts",
+            "tenants/acme",
+            "--since",
+            "2h",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        stats["total"].as_str().unwrap().parse::<i64>().unwrap() >= 3,
+        "{stats}"
+    );
+    assert!(
+        stats["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["reason"] == "QUOTA_EXCEEDED" || s["code"] == "RESOURCE_EXHAUSTED"),
+        "{stats}"
+    );
+    let stderr = fails(s, "acme-viewer", &["stats", "conflicts", "globex"], 4);
+    assert!(
+        stderr.contains("PERMISSION_DENIED") || stderr.contains("globex"),
+        "{stderr}"
+    );
     server.stop().await;
 }
 

@@ -586,7 +586,12 @@ async fn openapi_and_metrics_are_served() {
         .values()
         .map(|p| p.as_object().unwrap().len())
         .sum();
-    assert_eq!(operations, 30, "every annotated method is documented");
+    assert_eq!(operations, 31, "every annotated method is documented");
+    assert!(
+        doc["paths"]["/v1/tenants/{tenant}/conflictStats"]["get"].is_object(),
+        "{}",
+        doc["paths"]
+    );
     let (status, _, metrics) = http.send(http.request(Method::GET, "/metrics", "")).await;
     assert_eq!(status, StatusCode::OK);
     let text = metrics.as_str().unwrap();

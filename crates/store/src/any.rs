@@ -3,7 +3,7 @@
 
 use crate::{
     ChangeEvent, ChangeStream, Commit, CommitError, Committed, EtcdStore, IdempotencyRecord, RocksStore,
-    Scan, Store, StoreError, Versioned,
+    Scan, StatsRecords, Store, StoreError, Versioned,
 };
 
 /// Either storage engine.
@@ -87,6 +87,18 @@ impl Store for AnyStore {
 
     async fn get_blob(&self, digest: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         each!(self, s => s.get_blob(digest).await)
+    }
+
+    async fn put_stats(&self, records: StatsRecords) -> Result<(), StoreError> {
+        each!(self, s => s.put_stats(records).await)
+    }
+
+    async fn scan_stats(&self, from: &[u8], to: &[u8], limit: usize) -> Result<StatsRecords, StoreError> {
+        each!(self, s => s.scan_stats(from, to, limit).await)
+    }
+
+    async fn delete_stats(&self, from: &[u8], to: &[u8]) -> Result<(), StoreError> {
+        each!(self, s => s.delete_stats(from, to).await)
     }
 
     async fn revision(&self) -> Result<u64, StoreError> {

@@ -28,6 +28,7 @@ macro_rules! conformance_behaviours {
             idempotency_records_outcomes,
             request_ids_commit_once,
             blobs_round_trip,
+            stats_are_ranges_outside_the_log,
             watch_delivers_commits,
             idle_watch_reports_progress,
             history_lists_changes,
@@ -501,6 +502,37 @@ pub async fn request_ids_commit_once(store: &impl Store) {
 }
 
 /// Blobs are stored by digest, read back whole, and immutable.
+/// Statistics records are overwritten, read and deleted by key range, and
+/// are neither objects nor changes.
+pub async fn stats_are_ranges_outside_the_log(store: &impl Store) {
+    let record = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+    assert_eq!(store.scan_stats(b"", b"~", 10).await.unwrap(), []);
+    // More records than one etcd transaction holds.
+    let many: Vec<_> = (0..150).map(|i| record(&format!("m/a/{i:04}"), "1")).collect();
+    store.put_stats(many).await.unwrap();
+    store
+        .put_stats(vec![record("m/a/0001", "2"), record("m/b/0000", "3")])
+        .await
+        .unwrap();
+    let all = store.scan_stats(b"m/", b"m0", 1000).await.unwrap();
+    assert_eq!(all.len(), 151);
+    assert_eq!(all[1], record("m/a/0001", "2"));
+    assert_eq!(all[150], record("m/b/0000", "3"));
+    // A range, and a limit across etcd's pages.
+    let some = store.scan_stats(b"m/a/0010", b"m/a/0013", 1000).await.unwrap();
+    let keys: Vec<_> = some
+        .iter()
+        .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    assert_eq!(keys, ["m/a/0010", "m/a/0011", "m/a/0012"]);
+    assert_eq!(store.scan_stats(b"m/", b"m0", 120).await.unwrap().len(), 120);
+    store.delete_stats(b"m/a/", b"m/a/0149").await.unwrap();
+    let left = store.scan_stats(b"m/", b"m0", 1000).await.unwrap();
+    assert_eq!(left, [record("m/a/0149", "1"), record("m/b/0000", "3")]);
+    assert_eq!(store.history(b"m/a/0001", 0, 10).await.unwrap(), []);
+    assert_eq!(store.get(b"m/a/0149").await.unwrap(), None);
+}
+
 pub async fn blobs_round_trip(store: &impl Store) {
     assert_eq!(store.get_blob(b"d1").await.unwrap(), None);
     let big: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect();

@@ -10,6 +10,7 @@
 //! | `P/c/{key}` | a counter, 8 bytes big-endian |
 //! | `P/r/{key}` | an [`IdempotencyRecord`], on a lease that ends after it expires |
 //! | `P/b/{digest}`, `P/b/{digest}/{n}` | a blob's manifest and its chunks (etcd caps a request at 1.5 MiB) |
+//! | `P/s/{key}` | a statistics record (outside the change log) |
 //! | `P/m/{unix ms}` | retention marks: the revision of a moment |
 //! | `P/meta/compacted` | the revision up to which this prefix's history was compacted |
 //!
@@ -31,10 +32,12 @@ use etcd_client::{
 use prost::Message;
 
 use crate::{
-    ChangeEvent, ChangeStream, Commit, CommitError, Committed, IdempotencyRecord, Scan, Store, StoreError,
-    Versioned,
+    ChangeEvent, ChangeStream, Commit, CommitError, Committed, IdempotencyRecord, Scan, StatsRecords, Store,
+    StoreError, Versioned,
 };
 
+/// Most writes in one etcd transaction (etcd's default cap is 128).
+const TXN_OPS: usize = 64;
 /// Largest chunk of a blob in one etcd request.
 const CHUNK: usize = 512 << 10;
 /// Objects read per range request of a scan.
@@ -129,6 +132,9 @@ impl Keys {
     }
     fn blob(&self, digest: &[u8]) -> Vec<u8> {
         self.space("b", digest)
+    }
+    fn stats(&self, key: &[u8]) -> Vec<u8> {
+        self.space("s", key)
     }
     fn mark(&self, unix_ms: i64) -> Vec<u8> {
         self.space("m", format!("{:020}", unix_ms.max(0)).as_bytes())
@@ -360,16 +366,7 @@ impl EtcdStore {
             if at > 0 {
                 options = options.with_revision(at);
             }
-            let mut response = self
-                .again(
-                    |mut kv| {
-                        let (from, options) = (from.clone(), options.clone());
-                        async move { kv.get(from, Some(options)).await }
-                    },
-                    unreachable,
-                )
-                .await
-                .map_err(etcd_error)?;
+            let mut response = self.get_page(&from, options).await?;
             if at == 0 {
                 at = response.header().map_or(0, |h| h.revision());
             }
@@ -390,6 +387,24 @@ impl EtcdStore {
                 return Ok(revision);
             }
         }
+    }
+
+    /// One range request from `from`, sent again while etcd is out of
+    /// reach (a read is safe to repeat).
+    async fn get_page(
+        &self,
+        from: &[u8],
+        options: GetOptions,
+    ) -> Result<etcd_client::GetResponse, StoreError> {
+        self.again(
+            |mut kv| {
+                let (from, options) = (from.to_vec(), options.clone());
+                async move { kv.get(from, Some(options)).await }
+            },
+            unreachable,
+        )
+        .await
+        .map_err(etcd_error)
     }
 
     /// The version of an object's change record live at revision `at`
@@ -540,6 +555,64 @@ impl Store for EtcdStore {
             return Err(corrupt(&manifest, "blob length differs from its manifest"));
         }
         Ok(Some(out))
+    }
+
+    async fn put_stats(&self, records: StatsRecords) -> Result<(), StoreError> {
+        for chunk in records.chunks(TXN_OPS) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|(key, value)| TxnOp::put(self.keys.stats(key), value.clone(), None))
+                .collect();
+            // A put of the same value again changes nothing: safe to repeat.
+            self.again(
+                |mut kv| {
+                    let txn = Txn::new().and_then(ops.clone());
+                    async move { kv.txn(txn).await }
+                },
+                unreachable,
+            )
+            .await
+            .map_err(etcd_error)?;
+        }
+        Ok(())
+    }
+
+    async fn scan_stats(&self, from: &[u8], to: &[u8], limit: usize) -> Result<StatsRecords, StoreError> {
+        let end = self.keys.stats(to);
+        let mut from = self.keys.stats(from);
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let page = i64::try_from(limit - out.len()).unwrap_or(PAGE).min(PAGE);
+            let options = GetOptions::new().with_range(end.clone()).with_limit(page);
+            let mut response = self.get_page(&from, options).await?;
+            let more = response.more();
+            let kvs = response.take_kvs();
+            let Some(last) = kvs.last() else { break };
+            from = last.key().to_vec();
+            from.push(0);
+            out.extend(
+                kvs.iter()
+                    .map(|kv| (self.keys.strip("s", kv.key()).to_vec(), kv.value().to_vec())),
+            );
+            if !more {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_stats(&self, from: &[u8], to: &[u8]) -> Result<(), StoreError> {
+        let (from, to) = (self.keys.stats(from), self.keys.stats(to));
+        self.again(
+            |mut kv| {
+                let (from, options) = (from.clone(), DeleteOptions::new().with_range(to.clone()));
+                async move { kv.delete(from, Some(options)).await }
+            },
+            unreachable,
+        )
+        .await
+        .map_err(etcd_error)?;
+        Ok(())
     }
 
     async fn revision(&self) -> Result<u64, StoreError> {

@@ -310,6 +310,9 @@ pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5
 /// A stream of changes; it ends with an error when it cannot go on.
 pub type ChangeStream = Pin<Box<dyn Stream<Item = Result<WatchItem, StoreError>> + Send>>;
 
+/// Statistics records: (key, value) pairs in key order.
+pub type StatsRecords = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The storage contract every backend implements.
 ///
 /// Reads see every commit that has returned. Commits are linearizable:
@@ -366,6 +369,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// The blob stored under `digest`.
     fn get_blob(&self, digest: &[u8]) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// Writes statistics records (key → value), each overwriting what
+    /// was under its key, durably. Statistics are not objects: no
+    /// revision, no change log, no watch.
+    fn put_stats(
+        &self,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The statistics records whose keys lie in `from..to`, in key order,
+    /// at most `limit` of them.
+    fn scan_stats(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> impl Future<Output = Result<StatsRecords, StoreError>> + Send;
+
+    /// Deletes the statistics records whose keys lie in `from..to`.
+    fn delete_stats(&self, from: &[u8], to: &[u8]) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The revision of the last commit.
     fn revision(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;

@@ -5,8 +5,9 @@
 //! [`ChangeEvent`]), `history` (object key ‖ NUL ‖ revision → index, the
 //! per-object view of the log), `requests` (idempotency key →
 //! [`IdempotencyRecord`]), `blobs` (content digest → bytes, e.g. policy
-//! modules, kept in RocksDB's blob files) and `meta` (the revision counter
-//! and the oldest retained revision).
+//! modules, kept in RocksDB's blob files), `stats` (statistics records,
+//! outside the change log) and `meta` (the revision counter and the oldest
+//! retained revision).
 //!
 //! Reads go straight to RocksDB. Commits go through one sequencer thread:
 //! it takes every commit that is waiting, checks each against the stored
@@ -31,8 +32,8 @@ use rocksdb::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::{
-    ChangeEvent, ChangeStream, Commit, CommitError, Committed, IdempotencyRecord, Scan, Store, StoreError,
-    Versioned,
+    ChangeEvent, ChangeStream, Commit, CommitError, Committed, IdempotencyRecord, Scan, StatsRecords, Store,
+    StoreError, Versioned,
 };
 use sequencer::{Pending, Sequencer};
 
@@ -44,7 +45,8 @@ const CF_HISTORY: &str = "history";
 const CF_REQUESTS: &str = "requests";
 const CF_META: &str = "meta";
 const CF_BLOBS: &str = "blobs";
-const COLUMN_FAMILIES: [&str; 8] = [
+const CF_STATS: &str = "stats";
+const COLUMN_FAMILIES: [&str; 9] = [
     CF_OBJECTS,
     CF_UNIQUE,
     CF_COUNTERS,
@@ -53,6 +55,7 @@ const COLUMN_FAMILIES: [&str; 8] = [
     CF_REQUESTS,
     CF_META,
     CF_BLOBS,
+    CF_STATS,
 ];
 const REVISION_KEY: &[u8] = b"revision";
 /// Written by a ping after a failed write, to see whether writes work again.
@@ -334,6 +337,26 @@ fn read_u64(db: &DB, cf: &rocksdb::ColumnFamily, key: &[u8]) -> Result<Option<u6
 }
 
 impl RocksStore {
+    /// Writes what `fill` puts in a batch, outside the sequencer (blobs,
+    /// statistics: nothing with a revision), synced as commits are.
+    async fn write_aside(
+        &self,
+        fill: impl FnOnce(&Shared, &mut WriteBatch) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let fsync = self.fsync;
+        let write = move || {
+            let mut batch = WriteBatch::default();
+            fill(&shared, &mut batch)?;
+            let mut opts = WriteOptions::default();
+            opts.set_sync(fsync);
+            shared.db.write_opt(batch, &opts).map_err(engine)
+        };
+        tokio::task::spawn_blocking(write)
+            .await
+            .map_err(|e| StoreError::Engine(format!("a write outside the sequencer failed: {e}")))?
+    }
+
     /// Opens (or creates) the store in `path` and starts its sequencer.
     pub fn open(path: &Path, options: RocksOptions) -> Result<Self, StoreError> {
         let mut db_opts = Options::default();
@@ -522,20 +545,12 @@ impl Store for RocksStore {
     }
 
     async fn put_blob(&self, digest: &[u8], bytes: Vec<u8>) -> Result<(), StoreError> {
-        let shared = Arc::clone(&self.shared);
         let digest = digest.to_vec();
-        let fsync = self.fsync;
-        let write = move || {
-            let mut opts = WriteOptions::default();
-            opts.set_sync(fsync);
-            shared
-                .db
-                .put_cf_opt(shared.cf(CF_BLOBS)?, digest, bytes, &opts)
-                .map_err(engine)
-        };
-        tokio::task::spawn_blocking(write)
-            .await
-            .map_err(|e| StoreError::Engine(format!("the blob writer failed: {e}")))?
+        self.write_aside(move |shared, batch| {
+            batch.put_cf(shared.cf(CF_BLOBS)?, digest, bytes);
+            Ok(())
+        })
+        .await
     }
 
     async fn get_blob(&self, digest: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -543,6 +558,43 @@ impl Store for RocksStore {
             .db
             .get_cf(self.shared.cf(CF_BLOBS)?, digest)
             .map_err(engine)
+    }
+
+    async fn put_stats(&self, records: StatsRecords) -> Result<(), StoreError> {
+        self.write_aside(move |shared, batch| {
+            let cf = shared.cf(CF_STATS)?;
+            for (key, value) in records {
+                batch.put_cf(cf, key, value);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn scan_stats(&self, from: &[u8], to: &[u8], limit: usize) -> Result<StatsRecords, StoreError> {
+        let cf = self.shared.cf(CF_STATS)?;
+        let mut out = Vec::new();
+        for item in self
+            .shared
+            .db
+            .iterator_cf(cf, IteratorMode::From(from, Direction::Forward))
+        {
+            let (key, value) = item.map_err(engine)?;
+            if out.len() >= limit || &*key >= to {
+                break;
+            }
+            out.push((key.into_vec(), value.into_vec()));
+        }
+        Ok(out)
+    }
+
+    async fn delete_stats(&self, from: &[u8], to: &[u8]) -> Result<(), StoreError> {
+        let (from, to) = (from.to_vec(), to.to_vec());
+        self.write_aside(move |shared, batch| {
+            batch.delete_range_cf(shared.cf(CF_STATS)?, from, to);
+            Ok(())
+        })
+        .await
     }
 
     async fn revision(&self) -> Result<u64, StoreError> {

@@ -82,6 +82,37 @@ pub struct Preview {
     pub max_samples: u32,
 }
 
+/// `arbiter stats conflicts TENANT`: refused requests over a window.
+#[derive(Debug, Clone, Args)]
+pub struct ConflictStatsArgs {
+    /// The tenant (`acme` or `tenants/acme`); `-` for every tenant (a
+    /// token for every tenant only).
+    pub tenant: String,
+    /// How far back the window starts, e.g. 15m, 6h, 7d (at most 30d).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub since: std::time::Duration,
+    /// Bucket width: 1m, 1h or 1d (default: the narrowest that gives at
+    /// most 1440 buckets).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub bucket: Option<std::time::Duration>,
+    /// Only this collection (vms, users, prompts, policies, transactions).
+    #[arg(long, default_value = "")]
+    pub collection: String,
+    /// Only this reason, e.g. ETAG_MISMATCH.
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    /// Only these gRPC codes, comma-separated; `conflicts` for
+    /// ALREADY_EXISTS, ABORTED and FAILED_PRECONDITION.
+    #[arg(long, value_delimiter = ',')]
+    pub codes: Vec<String>,
+    /// Most contended resources to show (at most 100).
+    #[arg(long, default_value_t = 10)]
+    pub top: i32,
+    /// Latest refusals to show (at most 100).
+    #[arg(long, default_value_t = 10)]
+    pub recent: i32,
+}
+
 /// The verbs every kind has.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Verb<F: Fields> {
@@ -231,6 +262,8 @@ pub enum ClientCommand {
         /// Only changes whose object matches this filter.
         filter: String,
     },
+    /// `arbiter stats conflicts TENANT`.
+    ConflictStats(ConflictStatsArgs),
     /// `arbiter history NAME`.
     History {
         /// The resource's full name.
@@ -456,6 +489,7 @@ async fn execute(connection: &Connection, command: ClientCommand) -> Result<(), 
             watch(&client, format, request).await
         }
         ClientCommand::History { name } => history(&client, format, &name).await,
+        ClientCommand::ConflictStats(args) => conflict_stats(&client, format, args).await,
         ClientCommand::Edit { name, on_conflict } => edit::edit(&client, &name, on_conflict).await,
     }
 }
@@ -609,6 +643,43 @@ async fn policy_preview(client: &Client, format: Format, preview: Preview) -> Re
     });
     let answer = call(client, "Policies", "PreviewPolicy", request).await?;
     output::preview(format, &to_json(&answer, true));
+    Ok(())
+}
+
+async fn conflict_stats(client: &Client, format: Format, args: ConflictStatsArgs) -> Result<(), Failure> {
+    let parent = match args.tenant.strip_prefix("tenants/") {
+        Some(tenant) => format!("tenants/{tenant}"),
+        None => format!("tenants/{}", args.tenant),
+    };
+    let start = std::time::SystemTime::now()
+        .checked_sub(args.since)
+        .ok_or_else(|| usage(format!("--since {:?} reaches before 1970", args.since)))?;
+    let codes: Vec<String> = args
+        .codes
+        .iter()
+        .flat_map(|c| match c.as_str() {
+            "conflicts" => vec![
+                "ALREADY_EXISTS".into(),
+                "ABORTED".into(),
+                "FAILED_PRECONDITION".into(),
+            ],
+            other => vec![other.to_ascii_uppercase()],
+        })
+        .collect();
+    let mut request = json!({
+        "parent": parent,
+        "start_time": humantime::format_rfc3339(start).to_string(),
+        "collection": args.collection,
+        "reason": args.reason,
+        "codes": codes,
+        "max_hot_resources": args.top,
+        "max_recent": args.recent,
+    });
+    if let Some(bucket) = args.bucket {
+        request["bucket"] = json!(format!("{}s", bucket.as_secs()));
+    }
+    let answer = call(client, "Stats", "GetConflictStats", request).await?;
+    output::conflict_stats(format, &to_json(&answer, true));
     Ok(())
 }
 

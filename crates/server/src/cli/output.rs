@@ -177,6 +177,58 @@ pub fn preview(format: Format, value: &Value) {
     table(&COLUMNS, &rows);
 }
 
+/// `arbiter stats conflicts`: the series, the hot resources and the
+/// latest refusals as tables.
+pub fn conflict_stats(format: Format, value: &Value) {
+    if format != Format::Table {
+        document(format, value);
+        return;
+    }
+    let list = |field: &str| {
+        value
+            .get(field)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let total = text(value.get("total"));
+    println!(
+        "{} refused from {} to {} in buckets of {}{}",
+        if total.is_empty() { "0".into() } else { total },
+        text(value.get("start_time")),
+        text(value.get("end_time")),
+        text(value.get("bucket")),
+        if value.get("truncated").and_then(Value::as_bool) == Some(true) {
+            " (truncated)"
+        } else {
+            ""
+        }
+    );
+    let rows = |items: &[Value], columns: &[&str]| -> Vec<Vec<String>> {
+        items
+            .iter()
+            .map(|s| columns.iter().map(|f| text(s.get(*f))).collect())
+            .collect()
+    };
+    const SERIES: [&str; 6] = ["tenant", "collection", "method", "reason", "code", "total"];
+    let series = list("series");
+    if !series.is_empty() {
+        table(&SERIES, &rows(&series, &SERIES));
+    }
+    let hot = list("hot_resources");
+    if !hot.is_empty() {
+        println!();
+        let found = rows(&hot, &["name", "count", "top_reason", "last_time"]);
+        table(&["hot resource", "count", "top reason", "last"], &found);
+    }
+    let recent = list("recent");
+    if !recent.is_empty() {
+        println!();
+        const RECENT: [&str; 5] = ["time", "principal", "method", "resource", "reason"];
+        table(&RECENT, &rows(&recent, &RECENT));
+    }
+}
+
 fn change_json(change: &Change) -> Value {
     let encoded = prost::Message::encode_to_vec(change);
     super::message("arbiter.v1.Change")

@@ -11,7 +11,7 @@ use arbiter_store::Store;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::Api;
+use super::{Api, Asked};
 use crate::status::to_status;
 
 /// The stream of a watch as tonic serves it.
@@ -26,7 +26,8 @@ impl<S: Store> Changes for Api<S> {
         request: Request<WatchChangesRequest>,
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
         let parent = request.get_ref().parent.clone();
-        let (caller, req, _permit) = self.parts(request, &parent)?;
+        let asked = Asked::any("watch_changes");
+        let (caller, req, _permit) = self.parts(request, &parent, asked)?;
         let watch = WatchRequest {
             parent: req.parent,
             collections: req.collections,
@@ -38,7 +39,7 @@ impl<S: Store> Changes for Api<S> {
             .engine
             .watch(&caller, watch)
             .await
-            .map_err(|e| to_status(&e))?;
+            .map_err(|e| self.refused(&caller, asked, &parent, to_status(&e)))?;
         metrics::gauge!("arbiter_watchers").increment(1.0);
         // A shutdown ends the stream cleanly: the client resumes from its
         // last revision, here after a restart or on another replica.
@@ -53,12 +54,13 @@ impl<S: Store> Changes for Api<S> {
         request: Request<ListRevisionsRequest>,
     ) -> Result<Response<ListRevisionsResponse>, Status> {
         let name = request.get_ref().name.clone();
-        let (caller, req, _permit) = self.parts(request, &name)?;
+        let asked = Asked::any("list_revisions");
+        let (caller, req, _permit) = self.parts(request, &name, asked)?;
         let page = self
             .engine
             .list_revisions(&caller, &req.name, req.page_size, &req.page_token)
             .await
-            .map_err(|e| to_status(&e))?;
+            .map_err(|e| self.refused(&caller, asked, &name, to_status(&e)))?;
         Ok(Response::new(ListRevisionsResponse {
             revisions: page.revisions,
             next_page_token: page.next_page_token,

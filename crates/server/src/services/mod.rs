@@ -3,6 +3,7 @@
 //! [`Engine`], map the error — so one macro writes them for all kinds.
 
 mod changes;
+mod stats;
 mod transactions;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use arbiter_api::v1::{
     policies_server::Policies, prompts_server::Prompts, users_server::Users,
     virtual_machines_server::VirtualMachines, *,
 };
+use arbiter_core::stats::Refusal;
 use arbiter_core::warnings::collect;
 use arbiter_core::{
     Caller, CreateRequest, DeleteRequest, Engine, Error, ListRequest, RequestId, Resource, TransitionRequest,
@@ -75,22 +77,160 @@ impl<S> Api<S> {
     /// Splits a request into the authenticated caller and the message,
     /// notes the tenant on the request span, and lets the request in
     /// within its tenant's limits (the permit is its place in flight).
-    fn parts<T>(&self, request: Request<T>, resource: &str) -> Result<(Caller, T, Permit), Status> {
+    /// A request turned away by the limits is counted as refused.
+    fn parts<T>(
+        &self,
+        request: Request<T>,
+        resource: &str,
+        asked: Asked,
+    ) -> Result<(Caller, T, Permit), Status> {
         let caller = request
             .extensions()
             .get::<Caller>()
             .cloned()
             .ok_or_else(|| to_status(&Error::Unauthenticated("missing credentials".into())))?;
-        let tenant = resource
-            .strip_prefix("tenants/")
-            .and_then(|r| r.split('/').next())
-            .unwrap_or_default();
+        let tenant = tenant_of(resource);
         if !tenant.is_empty() {
             tracing::Span::current().record("tenant", tenant);
         }
-        let permit = self.limiter.admit(&caller, tenant).map_err(|e| to_status(&e))?;
+        let permit = self
+            .limiter
+            .admit(&caller, tenant)
+            .map_err(|e| self.refused(&caller, asked, resource, to_status(&e)))?;
         Ok((caller, request.into_inner(), permit))
     }
+
+    /// The response with the warnings the request raised, or the error's
+    /// status; refusals are counted (conflicts also by kind and reason in
+    /// the metrics).
+    fn reply<T>(
+        &self,
+        caller: &Caller,
+        asked: Asked,
+        resource: &str,
+        (result, warnings): (Result<T, Error>, Vec<String>),
+    ) -> Result<Response<T>, Status> {
+        result
+            .map(|message| {
+                let mut response = Response::new(message);
+                for warning in &warnings {
+                    if let Some(value) = warning_value(warning) {
+                        response
+                            .metadata_mut()
+                            .append(arbiter_api::WARNING_METADATA, value);
+                    }
+                }
+                response
+            })
+            .map_err(|e| self.refused(caller, asked, resource, to_status(&e)))
+    }
+
+    /// Counts a refused request (the 4xx class) in the statistics.
+    fn refused(&self, caller: &Caller, asked: Asked, resource: &str, status: Status) -> Status {
+        let code = status.code();
+        if !REFUSALS.contains(&code) {
+            return status;
+        }
+        let reason = status
+            .get_error_details()
+            .error_info()
+            .map(|i| i.reason.clone())
+            .unwrap_or_default();
+        if matches!(
+            code,
+            Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition
+        ) {
+            let labels = [("kind", asked.kind.to_string()), ("reason", reason.clone())];
+            metrics::counter!("arbiter_conflicts_total", &labels).increment(1);
+        }
+        let method = method_name(asked.method);
+        let collection = match asked.collection {
+            "" => resource
+                .split('/')
+                .nth(2)
+                .filter(|c| arbiter_core::changes::kind_of_collection(c).is_some())
+                .unwrap_or_default(),
+            known => known,
+        };
+        self.engine.conflict_counter().count(
+            caller,
+            &Refusal {
+                tenant: tenant_of(resource),
+                collection,
+                method: &method,
+                resource,
+                reason: &reason,
+                code: arbiter_http::problem::code_name(code),
+            },
+        );
+        status
+    }
+}
+
+/// The codes of refused requests (HTTP 4xx), counted in the statistics.
+/// `UNAUTHENTICATED` is not: without a caller there is no tenant to trust.
+const REFUSALS: [Code; 8] = [
+    Code::InvalidArgument,
+    Code::NotFound,
+    Code::AlreadyExists,
+    Code::PermissionDenied,
+    Code::ResourceExhausted,
+    Code::FailedPrecondition,
+    Code::Aborted,
+    Code::OutOfRange,
+];
+
+/// What a handler serves, for the statistics of refusals.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Asked {
+    /// The handler's name, `update_virtual_machine`.
+    pub method: &'static str,
+    /// The kind's singular name, `vm`, as the metrics label it.
+    pub kind: &'static str,
+    /// The collection, `vms`; "" for requests of no one collection.
+    pub collection: &'static str,
+}
+
+impl Asked {
+    /// A handler of no one kind: the collection is the one the resource
+    /// names, if it is one of the API's.
+    pub(crate) fn any(method: &'static str) -> Self {
+        Self {
+            method,
+            kind: "",
+            collection: "",
+        }
+    }
+
+    fn of<R: Resource>(method: &'static str) -> Self {
+        Self {
+            method,
+            kind: R::KIND.singular,
+            collection: R::KIND.collection,
+        }
+    }
+}
+
+/// The tenant of a resource or parent name.
+fn tenant_of(resource: &str) -> &str {
+    resource
+        .strip_prefix("tenants/")
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_default()
+}
+
+/// `update_virtual_machine` as its RPC is named, `UpdateVirtualMachine`.
+fn method_name(handler: &str) -> String {
+    handler
+        .split('_')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 impl<S> Clone for Api<S> {
@@ -117,39 +257,6 @@ fn warning_value(text: &str) -> Option<tonic::metadata::MetadataValue<tonic::met
     ascii.parse().ok()
 }
 
-/// The response with the warnings the request raised, or the error's
-/// status; conflicts are counted by kind and reason.
-fn reply<T>(kind: &str, (result, warnings): (Result<T, Error>, Vec<String>)) -> Result<Response<T>, Status> {
-    result
-        .map(|message| {
-            let mut response = Response::new(message);
-            for warning in &warnings {
-                if let Some(value) = warning_value(warning) {
-                    response
-                        .metadata_mut()
-                        .append(arbiter_api::WARNING_METADATA, value);
-                }
-            }
-            response
-        })
-        .map_err(|e| {
-            let status = to_status(&e);
-            if matches!(
-                status.code(),
-                Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition
-            ) {
-                let reason = status
-                    .get_error_details()
-                    .error_info()
-                    .map(|i| i.reason.clone())
-                    .unwrap_or_default();
-                let labels = [("kind", kind.to_string()), ("reason", reason)];
-                metrics::counter!("arbiter_conflicts_total", &labels).increment(1);
-            }
-            status
-        })
-}
-
 fn mask_paths(mask: Option<prost_types::FieldMask>) -> Vec<String> {
     mask.map(|m| m.paths).unwrap_or_default()
 }
@@ -170,7 +277,14 @@ macro_rules! resource_service {
         impl<S: Store> $service for Api<S> {
             async fn $create(&self, request: Request<$create_req>) -> Result<Response<$ty>, Status> {
                 let parent = request.get_ref().parent.clone();
-                let (caller, req, _permit) = self.parts(request, &parent)?;
+                let asked = Asked::of::<$ty>(stringify!($create));
+                let (caller, req, _permit) = self.parts(request, &parent, asked)?;
+                // The resource a refusal is counted on: the one to be
+                // created, or the parent when the server picks the id.
+                let target = match req.$id.as_str() {
+                    "" => parent.clone(),
+                    id => format!("{parent}/{}/{id}", asked.collection),
+                };
                 let request_id = RequestId::new(req.request_id.clone(), stringify!($create), &req.encode_to_vec());
                 let create = CreateRequest {
                     parent: req.parent,
@@ -179,18 +293,20 @@ macro_rules! resource_service {
                     request_id,
                     validate_only: req.validate_only,
                 };
-                reply(<$ty as Resource>::KIND.singular, collect(self.engine.$create_with(&caller, create)).await)
+                self.reply(&caller, asked, &target, collect(self.engine.$create_with(&caller, create)).await)
             }
 
             async fn $get(&self, request: Request<$get_req>) -> Result<Response<$ty>, Status> {
                 let name = request.get_ref().name.clone();
-                let (caller, _, _permit) = self.parts(request, &name)?;
-                reply(<$ty as Resource>::KIND.singular, collect(self.engine.get(&caller, &name)).await)
+                let asked = Asked::of::<$ty>(stringify!($get));
+                let (caller, _, _permit) = self.parts(request, &name, asked)?;
+                self.reply(&caller, asked, &name, collect(self.engine.get(&caller, &name)).await)
             }
 
             async fn $list(&self, request: Request<$list_req>) -> Result<Response<$list_resp>, Status> {
                 let parent = request.get_ref().parent.clone();
-                let (caller, req, _permit) = self.parts(request, &parent)?;
+                let asked = Asked::of::<$ty>(stringify!($list));
+                let (caller, req, _permit) = self.parts(request, &parent, asked)?;
                 let list = ListRequest {
                     parent: req.parent,
                     page_size: req.page_size,
@@ -198,12 +314,13 @@ macro_rules! resource_service {
                     filter: req.filter,
                 };
                 let (page, warnings) = collect(self.engine.list::<$ty>(&caller, list)).await;
-                reply(<$ty as Resource>::KIND.singular, (page.map(|p| $list_resp { $items: p.items, next_page_token: p.next_page_token }), warnings))
+                self.reply(&caller, asked, &parent, (page.map(|p| $list_resp { $items: p.items, next_page_token: p.next_page_token }), warnings))
             }
 
             async fn $update(&self, request: Request<$update_req>) -> Result<Response<$ty>, Status> {
                 let name = request.get_ref().$field.as_ref().map(|r| r.name.clone()).unwrap_or_default();
-                let (caller, req, _permit) = self.parts(request, &name)?;
+                let asked = Asked::of::<$ty>(stringify!($update));
+                let (caller, req, _permit) = self.parts(request, &name, asked)?;
                 let request_id = RequestId::new(req.request_id.clone(), stringify!($update), &req.encode_to_vec());
                 let update = UpdateRequest {
                     resource: req.$field.unwrap_or_default(),
@@ -211,12 +328,13 @@ macro_rules! resource_service {
                     request_id,
                     validate_only: req.validate_only,
                 };
-                reply(<$ty as Resource>::KIND.singular, collect(self.engine.$update_with(&caller, update)).await)
+                self.reply(&caller, asked, &name, collect(self.engine.$update_with(&caller, update)).await)
             }
 
             async fn $delete(&self, request: Request<$delete_req>) -> Result<Response<()>, Status> {
                 let name = request.get_ref().name.clone();
-                let (caller, req, _permit) = self.parts(request, &name)?;
+                let asked = Asked::of::<$ty>(stringify!($delete));
+                let (caller, req, _permit) = self.parts(request, &name, asked)?;
                 let request_id = RequestId::new(req.request_id.clone(), stringify!($delete), &req.encode_to_vec());
                 let delete = DeleteRequest {
                     name: req.name,
@@ -224,16 +342,17 @@ macro_rules! resource_service {
                     request_id,
                     validate_only: req.validate_only,
                 };
-                reply(<$ty as Resource>::KIND.singular, collect(self.engine.delete::<$ty>(&caller, delete)).await)
+                self.reply(&caller, asked, &name, collect(self.engine.delete::<$ty>(&caller, delete)).await)
             }
 
             $(
             async fn $verb_fn(&self, request: Request<$verb_req>) -> Result<Response<$ty>, Status> {
                 let name = request.get_ref().name.clone();
-                let (caller, req, _permit) = self.parts(request, &name)?;
+                let asked = Asked::of::<$ty>(stringify!($verb_fn));
+                let (caller, req, _permit) = self.parts(request, &name, asked)?;
                 let request_id = RequestId::new(req.request_id.clone(), stringify!($verb_fn), &req.encode_to_vec());
                 let transition = TransitionRequest { name: req.name, etag: req.etag, request_id, verb: $verb };
-                reply(<$ty as Resource>::KIND.singular, collect(self.engine.transition(&caller, transition)).await)
+                self.reply(&caller, asked, &name, collect(self.engine.transition(&caller, transition)).await)
             }
             )*
 
@@ -288,8 +407,9 @@ resource_service! {
             request: Request<PreviewPolicyRequest>,
         ) -> Result<Response<PreviewPolicyResponse>, Status> {
             let parent = request.get_ref().parent.clone();
-            let (caller, req, _permit) = self.parts(request, &parent)?;
-            reply("policy", collect(self.engine.preview_policy(&caller, req)).await)
+            let asked = Asked::of::<Policy>("preview_policy");
+            let (caller, req, _permit) = self.parts(request, &parent, asked)?;
+            self.reply(&caller, asked, &parent, collect(self.engine.preview_policy(&caller, req)).await)
         }
     }
 }

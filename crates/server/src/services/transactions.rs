@@ -7,7 +7,7 @@ use arbiter_core::warnings::collect;
 use arbiter_store::Store;
 use tonic::{Request, Response, Status};
 
-use super::{Api, reply};
+use super::{Api, Asked};
 
 #[tonic::async_trait]
 impl<S: Store> Transactions for Api<S> {
@@ -16,9 +16,16 @@ impl<S: Store> Transactions for Api<S> {
         request: Request<CommitTransactionRequest>,
     ) -> Result<Response<CommitTransactionResponse>, Status> {
         let parent = request.get_ref().parent.clone();
-        let (caller, req, _permit) = self.parts(request, &parent)?;
-        reply(
-            "transaction",
+        let asked = Asked {
+            method: "commit_transaction",
+            kind: "transaction",
+            collection: "transactions",
+        };
+        let (caller, req, _permit) = self.parts(request, &parent, asked)?;
+        self.reply(
+            &caller,
+            asked,
+            &parent,
             collect(self.engine.commit_transaction(&caller, req)).await,
         )
     }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use arbiter_api::v1::{
     changes_client::ChangesClient, policies_client::PoliciesClient, prompts_client::PromptsClient,
-    transactions_client::TransactionsClient, users_client::UsersClient,
+    stats_client::StatsClient, transactions_client::TransactionsClient, users_client::UsersClient,
     virtual_machines_client::VirtualMachinesClient,
 };
 use arbiter_server::{Config, Running};
@@ -143,6 +143,10 @@ impl TestServer {
 
     pub fn changes(&self, token: &str) -> ChangesClient<Authed> {
         ChangesClient::with_interceptor(self.channel.clone(), Self::bearer(token))
+    }
+
+    pub fn stats(&self, token: &str) -> StatsClient<Authed> {
+        StatsClient::with_interceptor(self.channel.clone(), Self::bearer(token))
     }
 
     pub fn transactions(&self, token: &str) -> TransactionsClient<Authed> {

@@ -1,0 +1,795 @@
+//! Statistics of refused requests (the 4xx class): counted in memory per
+//! minute, hour and day, written to the store every few seconds, kept 30
+//! days, and read back by `GetConflictStats`.
+//!
+//! Each replica writes only its own records (`{grain}/{tenant}/{period
+//! start, Unix s}/{replica}`, overwritten with the period's running
+//! totals), so that replicas never contend and a reader adds them up. A
+//! restart starts a new replica id: what the old process wrote stays and
+//! adds up too. What was counted but not yet written is lost with a
+//! `kill -9` (at most one flush interval); a graceful stop flushes.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use arbiter_api::v1::{ConflictEvent, ConflictSeries, ConflictStats, GetConflictStatsRequest, HotResource};
+use arbiter_store::Store;
+use prost::Message;
+use prost_types::Timestamp;
+
+use crate::access::Access;
+use crate::auth::Caller;
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::validate::check_id;
+
+/// How long statistics are kept.
+pub const RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// Most buckets one request may ask for.
+pub const MAX_BUCKETS: i64 = 1440;
+/// Most series in an answer.
+pub const MAX_SERIES: usize = 500;
+/// Most hot resources or latest refusals one request may ask for.
+pub const MAX_LISTED: i32 = 100;
+/// Most stored records one request reads; past it the answer is
+/// `truncated`.
+pub const MAX_RECORDS: usize = 20_000;
+/// Resources counted per tenant and period in memory; refusals of further
+/// resources are still counted in the series.
+const MAX_RESOURCES: usize = 1000;
+/// Resources and latest refusals kept per stored record.
+const KEPT_RESOURCES: usize = 50;
+const KEPT_RECENT: usize = 20;
+/// Tenants counted at once in memory; refusals for more are dropped (and
+/// counted in `arbiter_conflict_stats_dropped_total`).
+const MAX_TENANTS: usize = 10_000;
+
+/// The widths of the periods counted: minute, hour, day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Grain {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Grain {
+    const ALL: [Grain; 3] = [Grain::Minute, Grain::Hour, Grain::Day];
+
+    fn seconds(self) -> i64 {
+        match self {
+            Grain::Minute => 60,
+            Grain::Hour => 3600,
+            Grain::Day => 86_400,
+        }
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            Grain::Minute => "m",
+            Grain::Hour => "h",
+            Grain::Day => "d",
+        }
+    }
+
+    fn of_seconds(seconds: i64) -> Option<Grain> {
+        Grain::ALL.into_iter().find(|g| g.seconds() == seconds)
+    }
+}
+
+/// One refused request, as the server saw it.
+#[derive(Debug, Clone)]
+pub struct Refusal<'a> {
+    /// The tenant the request named.
+    pub tenant: &'a str,
+    /// Its collection ("vms", ...), or "" when it named none.
+    pub collection: &'a str,
+    /// The RPC method, e.g. "UpdateVirtualMachine".
+    pub method: &'a str,
+    /// The resource the request named.
+    pub resource: &'a str,
+    /// The `ErrorInfo` reason.
+    pub reason: &'a str,
+    /// The gRPC code's name, e.g. "ABORTED".
+    pub code: &'a str,
+}
+
+/// A stored record: one replica's counts of one tenant in one period.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Record {
+    #[prost(message, repeated, tag = "1")]
+    counts: Vec<CountRecord>,
+    #[prost(message, repeated, tag = "2")]
+    resources: Vec<ResourceRecord>,
+    #[prost(message, repeated, tag = "3")]
+    recent: Vec<EventRecord>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct CountRecord {
+    #[prost(string, tag = "1")]
+    collection: String,
+    #[prost(string, tag = "2")]
+    method: String,
+    #[prost(string, tag = "3")]
+    reason: String,
+    #[prost(string, tag = "4")]
+    code: String,
+    #[prost(int64, tag = "5")]
+    count: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ResourceRecord {
+    #[prost(string, tag = "1")]
+    name: String,
+    /// Per (reason, code).
+    #[prost(message, repeated, tag = "2")]
+    reasons: Vec<CountRecord>,
+    #[prost(int64, tag = "3")]
+    last_unix_ms: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct EventRecord {
+    #[prost(int64, tag = "1")]
+    unix_ms: i64,
+    #[prost(string, tag = "2")]
+    principal: String,
+    #[prost(string, tag = "3")]
+    method: String,
+    #[prost(string, tag = "4")]
+    resource: String,
+    #[prost(string, tag = "5")]
+    reason: String,
+    #[prost(string, tag = "6")]
+    code: String,
+    #[prost(string, tag = "7")]
+    collection: String,
+}
+
+/// (collection, method, reason, code)
+type SeriesKey = (String, String, String, String);
+
+/// A resource's refusals: (reason, code) → count, and the last one's time
+/// in Unix ms.
+type ResourceTally = (HashMap<(String, String), i64>, i64);
+
+/// The running totals of one tenant in one period, in memory.
+#[derive(Debug, Default)]
+struct Totals {
+    counts: HashMap<SeriesKey, i64>,
+    /// name → ((reason, code) → count, last ms)
+    resources: HashMap<String, ResourceTally>,
+    recent: VecDeque<EventRecord>,
+}
+
+impl Totals {
+    fn add(&mut self, r: &Refusal<'_>, principal: &str, unix_ms: i64) {
+        *self
+            .counts
+            .entry((
+                r.collection.into(),
+                r.method.into(),
+                r.reason.into(),
+                r.code.into(),
+            ))
+            .or_default() += 1;
+        if !r.resource.is_empty()
+            && (self.resources.len() < MAX_RESOURCES || self.resources.contains_key(r.resource))
+        {
+            let (reasons, last) = self.resources.entry(r.resource.to_string()).or_default();
+            *reasons.entry((r.reason.into(), r.code.into())).or_default() += 1;
+            *last = unix_ms;
+        }
+        if self.recent.len() == KEPT_RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(EventRecord {
+            unix_ms,
+            principal: principal.into(),
+            method: r.method.into(),
+            resource: r.resource.into(),
+            reason: r.reason.into(),
+            code: r.code.into(),
+            collection: r.collection.into(),
+        });
+    }
+
+    fn record(&self) -> Record {
+        let counts = self
+            .counts
+            .iter()
+            .map(|((collection, method, reason, code), count)| CountRecord {
+                collection: collection.clone(),
+                method: method.clone(),
+                reason: reason.clone(),
+                code: code.clone(),
+                count: *count,
+            })
+            .collect();
+        let mut resources: Vec<ResourceRecord> = self
+            .resources
+            .iter()
+            .map(|(name, (reasons, last))| ResourceRecord {
+                name: name.clone(),
+                reasons: reasons
+                    .iter()
+                    .map(|((reason, code), count)| CountRecord {
+                        reason: reason.clone(),
+                        code: code.clone(),
+                        count: *count,
+                        ..CountRecord::default()
+                    })
+                    .collect(),
+                last_unix_ms: *last,
+            })
+            .collect();
+        let total = |r: &ResourceRecord| r.reasons.iter().map(|c| c.count).sum::<i64>();
+        resources.sort_by(|a, b| total(b).cmp(&total(a)).then_with(|| a.name.cmp(&b.name)));
+        resources.truncate(KEPT_RESOURCES);
+        Record {
+            counts,
+            resources,
+            recent: self.recent.iter().cloned().collect(),
+        }
+    }
+}
+
+/// (grain, tenant, period start in Unix seconds)
+type PeriodKey = (Grain, String, i64);
+
+#[derive(Debug, Default)]
+struct Pending {
+    periods: HashMap<PeriodKey, Totals>,
+    /// Periods changed since the last flush.
+    dirty: HashSet<PeriodKey>,
+}
+
+/// Counts refusals and keeps them in the store.
+#[derive(Debug)]
+pub struct ConflictCounter {
+    replica: String,
+    pending: Mutex<Pending>,
+}
+
+impl Default for ConflictCounter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn now_unix_ms() -> i64 {
+    crate::engine::now().0
+}
+
+fn key(grain: Grain, tenant: &str, start: i64, replica: &str) -> Vec<u8> {
+    format!("{}/{tenant}/{start:012}/{replica}", grain.tag()).into_bytes()
+}
+
+/// The first key after every key of `tenant` in `grain`.
+fn tenant_end(grain: Grain, tenant: &str) -> Vec<u8> {
+    // '0' follows '/'.
+    format!("{}/{tenant}0", grain.tag()).into_bytes()
+}
+
+/// Splits a record key into (tenant, period start, replica).
+fn parse_key(key: &[u8]) -> Option<(String, i64, String)> {
+    let text = std::str::from_utf8(key).ok()?;
+    let mut parts = text.splitn(4, '/');
+    let (_grain, tenant, start, replica) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    Some((tenant.to_string(), start.parse().ok()?, replica.to_string()))
+}
+
+impl ConflictCounter {
+    /// A counter with a fresh replica id.
+    pub fn new() -> Self {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        // Unique per process start: the time and a random part.
+        let replica = format!("{:x}{:08x}", since.as_secs(), rand_u32());
+        Self {
+            replica,
+            pending: Mutex::new(Pending::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a refusal of `caller`'s request. Only refusals in a tenant
+    /// the caller belongs to are counted, so that no caller can make
+    /// statistics (and keys) for tenants of others.
+    pub fn count(&self, caller: &Caller, refusal: &Refusal<'_>) {
+        if refusal.tenant.is_empty()
+            || (caller.tenant != "*" && caller.tenant != refusal.tenant)
+            || check_id(refusal.tenant).is_err()
+        {
+            return;
+        }
+        let now = now_unix_ms();
+        let mut pending = self.lock();
+        let known = pending
+            .periods
+            .keys()
+            .any(|(_, tenant, _)| tenant == refusal.tenant);
+        if !known && pending.periods.len() >= MAX_TENANTS * Grain::ALL.len() {
+            metrics::counter!("arbiter_conflict_stats_dropped_total").increment(1);
+            return;
+        }
+        for grain in Grain::ALL {
+            let start = (now / 1000).div_euclid(grain.seconds()) * grain.seconds();
+            let period = (grain, refusal.tenant.to_string(), start);
+            pending
+                .periods
+                .entry(period.clone())
+                .or_default()
+                .add(refusal, &caller.principal, now);
+            pending.dirty.insert(period);
+        }
+    }
+
+    /// Writes every period counted since the last flush, and forgets
+    /// periods that ended and are written.
+    async fn flush<S: Store>(&self, store: &S) -> Result<(), Error> {
+        let (records, dirty) = {
+            let mut pending = self.lock();
+            let dirty: Vec<PeriodKey> = pending.dirty.drain().collect();
+            let records: Vec<(Vec<u8>, Vec<u8>)> = dirty
+                .iter()
+                .filter_map(|period| {
+                    let totals = pending.periods.get(period)?;
+                    let (grain, tenant, start) = period;
+                    Some((
+                        key(*grain, tenant, *start, &self.replica),
+                        totals.record().encode_to_vec(),
+                    ))
+                })
+                .collect();
+            (records, dirty)
+        };
+        if !records.is_empty()
+            && let Err(e) = store.put_stats(records).await
+        {
+            // Written at the next flush.
+            self.lock().dirty.extend(dirty);
+            return Err(Error::storage("writing conflict statistics", e));
+        }
+        let now_s = now_unix_ms() / 1000;
+        let mut pending = self.lock();
+        let Pending { periods, dirty } = &mut *pending;
+        // A period is kept one more of its widths after it ends, for
+        // refusals counted late.
+        periods.retain(|period, _| {
+            let (grain, _, start) = period;
+            dirty.contains(period) || start + 2 * grain.seconds() > now_s
+        });
+        Ok(())
+    }
+
+    /// Deletes statistics older than [`RETENTION`].
+    async fn prune<S: Store>(&self, store: &S) -> Result<(), Error> {
+        let cutoff = (now_unix_ms() / 1000).saturating_sub(RETENTION.as_secs() as i64);
+        for grain in Grain::ALL {
+            let mut from = format!("{}/", grain.tag()).into_bytes();
+            let end = format!("{}0", grain.tag()).into_bytes();
+            loop {
+                let first = store
+                    .scan_stats(&from, &end, 1)
+                    .await
+                    .map_err(|e| Error::storage("reading conflict statistics", e))?;
+                let Some((tenant, _, _)) = first.first().and_then(|(k, _)| parse_key(k)) else {
+                    break;
+                };
+                let old_from = format!("{}/{tenant}/", grain.tag()).into_bytes();
+                let old_to = key(grain, &tenant, cutoff, "");
+                store
+                    .delete_stats(&old_from, &old_to)
+                    .await
+                    .map_err(|e| Error::storage("deleting old conflict statistics", e))?;
+                from = tenant_end(grain, &tenant);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A random number from the standard library's hasher seed.
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(u64::from(std::process::id()));
+    hasher.finish() as u32
+}
+
+/// What a stats request asks for, checked.
+struct Window {
+    grain: Grain,
+    start: i64,
+    end: i64,
+    tenant: Option<String>,
+    collection: String,
+    reason: String,
+    codes: HashSet<String>,
+    max_hot: usize,
+    max_recent: usize,
+}
+
+fn timestamp(unix_s: i64) -> Timestamp {
+    Timestamp {
+        seconds: unix_s,
+        nanos: 0,
+    }
+}
+
+fn timestamp_ms(unix_ms: i64) -> Timestamp {
+    Timestamp {
+        seconds: unix_ms.div_euclid(1000),
+        nanos: i32::try_from(unix_ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+fn listed(field: &str, value: i32, default: i32) -> Result<usize, Error> {
+    match value {
+        0 => Ok(default as usize),
+        1..=MAX_LISTED => Ok(value as usize),
+        _ => Err(Error::field(
+            field,
+            format!("{value} is out of range; ask for 1 to {MAX_LISTED} (0: {default})"),
+        )),
+    }
+}
+
+impl Window {
+    fn of(caller: &Caller, req: &GetConflictStatsRequest, now_s: i64) -> Result<Window, Error> {
+        let tenant = if req.parent == "tenants/-" {
+            if caller.tenant != "*" {
+                return Err(Error::TenantForbidden {
+                    principal: caller.principal.clone(),
+                    tenant: "-".into(),
+                });
+            }
+            caller.authorize("-", Access::Read)?;
+            None
+        } else {
+            let tenant = crate::names::parse_parent("parent", &req.parent)?;
+            caller.authorize(&tenant, Access::Read)?;
+            Some(tenant)
+        };
+        // Bounded first, so that the arithmetic below cannot overflow.
+        let bounded = |field: &str, ts: &Timestamp| {
+            if (0..=now_s + 86_400).contains(&ts.seconds) {
+                Ok(ts.seconds)
+            } else {
+                Err(Error::field(
+                    field,
+                    format!("{} is not between 1970 and now", ts.seconds),
+                ))
+            }
+        };
+        let end = match &req.end_time {
+            Some(ts) => bounded("end_time", ts)?,
+            None => now_s,
+        };
+        let start = match &req.start_time {
+            Some(ts) => bounded("start_time", ts)?,
+            None => end - 3600,
+        };
+        if start >= end {
+            return Err(Error::field(
+                "start_time",
+                "must be before end_time; leave it out for the hour before end_time",
+            ));
+        }
+        let oldest = now_s - RETENTION.as_secs() as i64;
+        if end - start > RETENTION.as_secs() as i64 + 86_400 || end <= oldest {
+            return Err(Error::field(
+                "start_time",
+                "statistics are kept 30 days; ask for a window within the last 30 days",
+            ));
+        }
+        let start = start.max(oldest - 86_400);
+        let grain = match &req.bucket {
+            Some(bucket) => Grain::of_seconds(bucket.seconds)
+                .filter(|_| bucket.nanos == 0)
+                .ok_or_else(|| Error::field("bucket", "must be 60s, 3600s or 86400s"))?,
+            None => Grain::ALL
+                .into_iter()
+                .find(|g| buckets(*g, start, end) <= MAX_BUCKETS)
+                .unwrap_or(Grain::Day),
+        };
+        if buckets(grain, start, end) > MAX_BUCKETS {
+            return Err(Error::field(
+                "bucket",
+                format!(
+                    "{} buckets of {}s would cover the window; ask for at most {MAX_BUCKETS}: a wider bucket or a shorter window",
+                    buckets(grain, start, end),
+                    grain.seconds()
+                ),
+            ));
+        }
+        let width = grain.seconds();
+        Ok(Window {
+            grain,
+            start: start.div_euclid(width) * width,
+            end: (end + width - 1).div_euclid(width) * width,
+            tenant,
+            collection: req.collection.clone(),
+            reason: req.reason.clone(),
+            codes: req.codes.iter().cloned().collect(),
+            max_hot: listed("max_hot_resources", req.max_hot_resources, 10)?,
+            max_recent: listed("max_recent", req.max_recent, 20)?,
+        })
+    }
+
+    fn admits(&self, collection: &str, reason: &str, code: &str) -> bool {
+        (self.collection.is_empty() || self.collection == collection)
+            && (self.reason.is_empty() || self.reason == reason)
+            && (self.codes.is_empty() || self.codes.contains(code))
+    }
+
+    fn bucket_count(&self) -> usize {
+        usize::try_from((self.end - self.start) / self.grain.seconds()).unwrap_or(0)
+    }
+}
+
+fn buckets(grain: Grain, start: i64, end: i64) -> i64 {
+    let width = grain.seconds();
+    (end + width - 1).div_euclid(width) - start.div_euclid(width)
+}
+
+/// The collection of a resource name, `tenants/{t}/{collection}/...`.
+fn collection_of(name: &str) -> &str {
+    name.split('/').nth(2).unwrap_or_default()
+}
+
+impl<S: Store> Engine<S> {
+    /// The statistics of refused requests over a window
+    /// (`GetConflictStats`).
+    pub async fn conflict_stats(
+        &self,
+        caller: &Caller,
+        req: GetConflictStatsRequest,
+    ) -> Result<ConflictStats, Error> {
+        let now_s = now_unix_ms() / 1000;
+        let window = Window::of(caller, &req, now_s)?;
+        let counter = &self.conflicts;
+        // (tenant, period start, replica) → record
+        let mut records: BTreeMap<(String, i64, String), Record> = BTreeMap::new();
+        let mut truncated = false;
+        let tenants = match &window.tenant {
+            Some(tenant) => vec![tenant.clone()],
+            None => self.stats_tenants(window.grain).await?,
+        };
+        for tenant in &tenants {
+            let left = MAX_RECORDS.saturating_sub(records.len());
+            if left == 0 {
+                truncated = true;
+                break;
+            }
+            let from = key(window.grain, tenant, window.start, "");
+            let to = key(window.grain, tenant, window.end, "");
+            let found = self
+                .store
+                .scan_stats(&from, &to, left)
+                .await
+                .map_err(|e| Error::storage("reading conflict statistics", e))?;
+            truncated |= found.len() == left;
+            for (k, v) in found {
+                let Some(id) = parse_key(&k) else { continue };
+                match Record::decode(v.as_slice()) {
+                    Ok(record) => {
+                        records.insert(id, record);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, key = %String::from_utf8_lossy(&k), "a conflict statistics record does not decode")
+                    }
+                }
+            }
+        }
+        // This replica's totals not written yet replace what it wrote.
+        {
+            let pending = counter.lock();
+            for ((grain, tenant, start), totals) in &pending.periods {
+                let wanted = window.tenant.as_ref().is_none_or(|t| t == tenant);
+                if *grain == window.grain && wanted && (window.start..window.end).contains(start) {
+                    records.insert((tenant.clone(), *start, counter.replica.clone()), totals.record());
+                }
+            }
+        }
+        Ok(answer(&window, records, truncated))
+    }
+
+    /// Every tenant with statistics in `grain`, at most [`MAX_RECORDS`].
+    async fn stats_tenants(&self, grain: Grain) -> Result<Vec<String>, Error> {
+        let mut tenants = Vec::new();
+        let mut from = format!("{}/", grain.tag()).into_bytes();
+        let end = format!("{}0", grain.tag()).into_bytes();
+        while tenants.len() < MAX_RECORDS {
+            let first = self
+                .store
+                .scan_stats(&from, &end, 1)
+                .await
+                .map_err(|e| Error::storage("reading conflict statistics", e))?;
+            let Some((tenant, _, _)) = first.first().and_then(|(k, _)| parse_key(k)) else {
+                break;
+            };
+            from = tenant_end(grain, &tenant);
+            tenants.push(tenant);
+        }
+        for (g, tenant, _) in self.conflicts.lock().periods.keys() {
+            if *g == grain && !tenants.contains(tenant) {
+                tenants.push(tenant.clone());
+            }
+        }
+        Ok(tenants)
+    }
+
+    /// Writes what was counted since the last flush.
+    pub async fn flush_conflict_stats(&self) -> Result<(), Error> {
+        self.conflicts.flush(&*self.store).await
+    }
+
+    /// Deletes statistics past their retention.
+    pub async fn prune_conflict_stats(&self) -> Result<(), Error> {
+        self.conflicts.prune(&*self.store).await
+    }
+}
+
+impl<S> Engine<S> {
+    /// The counter of refused requests.
+    pub fn conflict_counter(&self) -> &ConflictCounter {
+        &self.conflicts
+    }
+}
+
+/// Adds the records up into the answer.
+fn answer(
+    window: &Window,
+    records: BTreeMap<(String, i64, String), Record>,
+    mut truncated: bool,
+) -> ConflictStats {
+    let n = window.bucket_count();
+    let width = window.grain.seconds();
+    // (tenant, collection, method, reason, code) → counts per bucket
+    let mut series: HashMap<(String, SeriesKey), Vec<i64>> = HashMap::new();
+    // (tenant, name) → ((reason, code) → count, last ms)
+    let mut hot: HashMap<(String, String), ResourceTally> = HashMap::new();
+    let mut recent: Vec<ConflictEvent> = Vec::new();
+    for ((tenant, start, _), record) in records {
+        let Ok(index) = usize::try_from((start - window.start) / width) else {
+            continue;
+        };
+        if index >= n {
+            continue;
+        }
+        for c in record.counts {
+            if !window.admits(&c.collection, &c.reason, &c.code) {
+                continue;
+            }
+            let counts = series
+                .entry((tenant.clone(), (c.collection, c.method, c.reason, c.code)))
+                .or_insert_with(|| vec![0; n]);
+            counts[index] += c.count;
+        }
+        for r in record.resources {
+            let collection = collection_of(&r.name).to_string();
+            let entry = hot.entry((tenant.clone(), r.name)).or_default();
+            for c in r.reasons {
+                if window.admits(&collection, &c.reason, &c.code) {
+                    *entry.0.entry((c.reason, c.code)).or_default() += c.count;
+                }
+            }
+            entry.1 = entry.1.max(r.last_unix_ms);
+        }
+        for e in record.recent {
+            if window.admits(&e.collection, &e.reason, &e.code) {
+                recent.push(ConflictEvent {
+                    time: Some(timestamp_ms(e.unix_ms)),
+                    tenant: tenant.clone(),
+                    principal: e.principal,
+                    method: e.method,
+                    resource: e.resource,
+                    reason: e.reason,
+                    code: e.code,
+                    collection: e.collection,
+                });
+            }
+        }
+    }
+    let mut series: Vec<ConflictSeries> = series
+        .into_iter()
+        .map(
+            |((tenant, (collection, method, reason, code)), counts)| ConflictSeries {
+                total: counts.iter().sum(),
+                tenant,
+                collection,
+                method,
+                reason,
+                code,
+                counts,
+            },
+        )
+        .collect();
+    series.sort_by(|a, b| {
+        b.total.cmp(&a.total).then_with(|| {
+            (&a.tenant, &a.collection, &a.method, &a.reason).cmp(&(
+                &b.tenant,
+                &b.collection,
+                &b.method,
+                &b.reason,
+            ))
+        })
+    });
+    let total = series.iter().map(|s| s.total).sum();
+    if series.len() > MAX_SERIES {
+        series.truncate(MAX_SERIES);
+        truncated = true;
+    }
+    let mut hot_resources: Vec<HotResource> = hot
+        .into_iter()
+        .filter_map(|((tenant, name), (reasons, last))| {
+            let count: i64 = reasons.values().sum();
+            let top_reason = reasons
+                .iter()
+                .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+                .map(|((reason, _), _)| reason.clone())?;
+            (count > 0).then(|| HotResource {
+                tenant,
+                name,
+                count,
+                top_reason,
+                last_time: Some(timestamp_ms(last)),
+            })
+        })
+        .collect();
+    hot_resources.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+    hot_resources.truncate(window.max_hot);
+    recent.sort_by(|a, b| {
+        let t = |e: &ConflictEvent| e.time.as_ref().map(|t| (t.seconds, t.nanos));
+        t(b).cmp(&t(a))
+    });
+    recent.truncate(window.max_recent);
+    ConflictStats {
+        start_time: Some(timestamp(window.start)),
+        end_time: Some(timestamp(window.end)),
+        bucket: Some(prost_types::Duration {
+            seconds: width,
+            nanos: 0,
+        }),
+        series,
+        hot_resources,
+        recent,
+        total,
+        truncated,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_order_by_tenant_then_period() {
+        let a = key(Grain::Minute, "acme", 60, "r1");
+        let b = key(Grain::Minute, "acme", 120, "r0");
+        let end = tenant_end(Grain::Minute, "acme");
+        assert!(a < b && b < end);
+        // No other tenant's keys fall between a tenant's and its end.
+        assert!(key(Grain::Minute, "acme0", 0, "r0") > end);
+        assert!(key(Grain::Minute, "acme-2", 999_999, "r9") < a);
+        assert_eq!(parse_key(&a), Some(("acme".into(), 60, "r1".into())));
+    }
+
+    #[test]
+    fn default_buckets_fit_the_window() {
+        assert_eq!(buckets(Grain::Minute, 0, 86_400), 1440);
+        assert_eq!(buckets(Grain::Minute, 30, 90), 2);
+        let g = Grain::ALL
+            .into_iter()
+            .find(|g| buckets(*g, 0, 7 * 86_400) <= MAX_BUCKETS);
+        assert_eq!(g, Some(Grain::Hour));
+    }
+}
