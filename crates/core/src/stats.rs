@@ -41,9 +41,13 @@ const MAX_RESOURCES: usize = 1000;
 /// Resources and latest refusals kept per stored record.
 const KEPT_RESOURCES: usize = 50;
 const KEPT_RECENT: usize = 20;
-/// Tenants counted at once in memory; refusals for more are dropped (and
-/// counted in `arbiter_conflict_stats_dropped_total`).
-const MAX_TENANTS: usize = 10_000;
+/// Periods (tenant, minute/hour/day) counted at once in memory; refusals
+/// of tenants beyond are dropped (and counted in
+/// `arbiter_conflict_stats_dropped_total`).
+const MAX_PERIODS: usize = 30_000;
+/// Most tenants one `tenants/-` request adds up; past it the answer is
+/// `truncated`.
+const MAX_TENANTS_LISTED: usize = 1000;
 
 /// The widths of the periods counted: minute, hour, day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -310,18 +314,20 @@ impl ConflictCounter {
             return;
         }
         let now = now_unix_ms();
+        let periods = Grain::ALL.map(|grain| {
+            let start = (now / 1000).div_euclid(grain.seconds()) * grain.seconds();
+            (grain, refusal.tenant.to_string(), start)
+        });
         let mut pending = self.lock();
-        let known = pending
-            .periods
-            .keys()
-            .any(|(_, tenant, _)| tenant == refusal.tenant);
-        if !known && pending.periods.len() >= MAX_TENANTS * Grain::ALL.len() {
+        let fresh = periods
+            .iter()
+            .filter(|p| !pending.periods.contains_key(*p))
+            .count();
+        if pending.periods.len() + fresh > MAX_PERIODS {
             metrics::counter!("arbiter_conflict_stats_dropped_total").increment(1);
             return;
         }
-        for grain in Grain::ALL {
-            let start = (now / 1000).div_euclid(grain.seconds()) * grain.seconds();
-            let period = (grain, refusal.tenant.to_string(), start);
+        for period in periods {
             pending
                 .periods
                 .entry(period.clone())
@@ -561,7 +567,11 @@ impl<S: Store> Engine<S> {
         let mut truncated = false;
         let tenants = match &window.tenant {
             Some(tenant) => vec![tenant.clone()],
-            None => self.stats_tenants(window.grain).await?,
+            None => {
+                let (tenants, more) = self.stats_tenants(window.grain).await?;
+                truncated |= more;
+                tenants
+            }
         };
         for tenant in &tenants {
             let left = MAX_RECORDS.saturating_sub(records.len());
@@ -602,12 +612,17 @@ impl<S: Store> Engine<S> {
         Ok(answer(&window, records, truncated))
     }
 
-    /// Every tenant with statistics in `grain`, at most [`MAX_RECORDS`].
-    async fn stats_tenants(&self, grain: Grain) -> Result<Vec<String>, Error> {
+    /// The tenants with statistics in `grain`, at most
+    /// [`MAX_TENANTS_LISTED`] (one store read each), and whether there are
+    /// more.
+    async fn stats_tenants(&self, grain: Grain) -> Result<(Vec<String>, bool), Error> {
         let mut tenants = Vec::new();
         let mut from = format!("{}/", grain.tag()).into_bytes();
         let end = format!("{}0", grain.tag()).into_bytes();
-        while tenants.len() < MAX_RECORDS {
+        loop {
+            if tenants.len() == MAX_TENANTS_LISTED {
+                return Ok((tenants, true));
+            }
             let first = self
                 .store
                 .scan_stats(&from, &end, 1)
@@ -619,12 +634,13 @@ impl<S: Store> Engine<S> {
             from = tenant_end(grain, &tenant);
             tenants.push(tenant);
         }
+        let mut seen: HashSet<String> = tenants.iter().cloned().collect();
         for (g, tenant, _) in self.conflicts.lock().periods.keys() {
-            if *g == grain && !tenants.contains(tenant) {
+            if *g == grain && seen.insert(tenant.clone()) {
                 tenants.push(tenant.clone());
             }
         }
-        Ok(tenants)
+        Ok((tenants, false))
     }
 
     /// Writes what was counted since the last flush.
