@@ -7,13 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 kubernetes_version=${KUBERNETES_VERSION:-1.31.0}
 
-if ! kubectl kustomize --help >/dev/null 2>&1; then
-  echo "installing kubectl (Debian's kubernetes-client) to render the manifests" >&2
-  sudo_cmd=""
-  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq kubernetes-client >/dev/null
-fi
+source scripts/apt.sh
+kubectl kustomize --help >/dev/null 2>&1 || apt_install "its kubectl renders the manifests" kubernetes-client
 
 # No overlay ships a usable token: each installation generates its own.
 for tokens in deploy/kubernetes/overlays/*/tokens.toml; do

@@ -9,13 +9,15 @@
 //! - [`status`]: the one mapping from domain errors to `google.rpc.Status`.
 //! - [`server`]: wiring, [`start`] and graceful stop.
 //! - [`ops`]: the HTTP address: the HTTP/JSON API, `/healthz`, `/readyz`,
-//!   `/metrics`; [`metrics`]: the Prometheus recorder.
+//!   `/metrics`, the console at `/ui/` ([`console`]); [`metrics`]: the
+//!   Prometheus recorder.
 //! - [`readiness`]: whether the store answers, for gRPC health and `/readyz`.
 //! - [`telemetry`]: `tracing` setup.
 
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod limits;
 pub mod metrics;
 pub mod middleware;

@@ -1,6 +1,7 @@
 //! The HTTP address: the HTTP/JSON API (`arbiter-http`) plus the
 //! operations endpoints `/healthz` (the process answers), `/readyz` (the
-//! store is open and serving) and `/metrics` (Prometheus).
+//! store is open and serving) and `/metrics` (Prometheus), and the
+//! console at `/ui/`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -63,6 +64,7 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(move || ready(Arc::clone(&readiness))))
         .route("/metrics", get(metrics))
+        .merge(crate::console::router())
         .merge(api);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
