@@ -28,6 +28,7 @@ const METHODS: &[&str] = &[
     "/arbiter.v1.Policies/PreviewPolicy",
     "/arbiter.v1.Transactions/CommitTransaction",
     "/arbiter.v1.Stats/GetConflictStats",
+    "/arbiter.v1.Stats/GetPolicyStats",
 ];
 
 fuzz_target!(|data: &[u8]| {

@@ -33,6 +33,12 @@ tenant = "acme"
 role = "editor"
 
 [[tokens]]
+token = "acme-admin-token"
+principal = "ada"
+tenant = "acme"
+role = "admin"
+
+[[tokens]]
 token = "acme-viewer-token"
 principal = "victor"
 tenant = "acme"
@@ -47,9 +53,10 @@ TOML
 launch_arbiter "$arbiter" --tokens "$work/tokens.toml"
 base="http://$http_addr"
 
-# status METHOD PATH [BODY] [If-Match]: the HTTP status of a request.
+# status METHOD PATH [BODY] [If-Match]: the HTTP status of a request
+# (with $as's token, the editor's by default).
 status() {
-  local args=(-s -o "$work/body.json" -w '%{http_code}' -X "$1" -H "authorization: Bearer acme-editor-token"
+  local args=(-s -o "$work/body.json" -w '%{http_code}' -X "$1" -H "authorization: Bearer ${as:-acme-editor-token}"
     -H "content-type: application/json")
   [ -n "${4:-}" ] && args+=(-H "if-match: $4")
   curl "${args[@]}" ${3:+--data "$3"} "$base$2"
@@ -57,6 +64,11 @@ status() {
 expect() { # expected actual what
   [ "$1" = "$2" ] || { echo "$3: expected HTTP $1, got $2: $(cat "$work/body.json")" >&2; exit 1; }
 }
+# vm-guard judges every VM change: it refuses to delete a VM labelled env=prod.
+module="${CARGO_TARGET_DIR:-$HOME/.cache/arbiter-target}/wasm-guests/wasm32-wasip2/release/vm_guard.wasm"
+python3 -c 'import base64, json, sys; print(json.dumps({"kinds": ["vm"], "module": base64.b64encode(open(sys.argv[1], "rb").read()).decode()}))' \
+  "$module" >"$work/policy.json"
+expect 200 "$(as=acme-admin-token status POST '/v1/tenants/acme/policies?policyId=vm-guard' "@$work/policy.json")" "bind vm-guard"
 vm='{"displayName": "Web one", "region": "us-east1", "machineType": "e2-small", "image": "debian-12"}'
 expect 200 "$(status POST '/v1/tenants/acme/vms?vmId=web-1' "$vm")" "create"
 etag=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["etag"])' "$work/body.json")
@@ -65,6 +77,9 @@ expect 409 "$(status POST '/v1/tenants/acme/vms?vmId=web-1' "$vm")" "create a th
 expect 200 "$(status PATCH '/v1/tenants/acme/vms/web-1?updateMask=displayName' '{"displayName": "Web 1"}' "$etag")" "rename"
 expect 412 "$(status PATCH '/v1/tenants/acme/vms/web-1?updateMask=displayName' '{"displayName": "stale"}' "$etag")" "stale rename"
 expect 409 "$(status POST '/v1/tenants/acme/vms/web-1:stop' '{}')" "stop a stopped VM"
+prod='{"region": "us-east1", "machineType": "e2-small", "image": "debian-12", "labels": {"env": "prod"}}'
+expect 200 "$(status POST '/v1/tenants/acme/vms?vmId=db-1' "$prod")" "create a prod VM"
+expect 409 "$(status DELETE '/v1/tenants/acme/vms/db-1')" "delete a prod VM (vm-guard denies)"
 
 shots="$CARGO_TARGET_DIR/console-screenshots"
 mkdir -p "$shots"

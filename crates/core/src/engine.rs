@@ -66,7 +66,7 @@ pub struct Engine<S> {
     pub(crate) config: EngineConfig,
     pub(crate) inflight: Inflight,
     pub(crate) policies: Policies,
-    pub(crate) conflicts: crate::stats::ConflictCounter,
+    pub(crate) conflicts: Arc<crate::stats::ConflictCounter>,
 }
 
 /// Now in Unix milliseconds, as policies see the time of a request.
@@ -127,25 +127,27 @@ impl<S: Store> Engine<S> {
     /// An engine over `store`, without a policy runtime: policies cannot
     /// be created, and a stored one faults.
     pub fn new(store: Arc<S>, config: EngineConfig) -> Self {
-        let policies = Policies::new(None, config.policy.clone());
+        let conflicts = Arc::new(crate::stats::ConflictCounter::new());
+        let policies = Policies::new(None, config.policy.clone(), Arc::clone(&conflicts));
         Self {
             store,
             config,
             inflight: Inflight::default(),
             policies,
-            conflicts: crate::stats::ConflictCounter::new(),
+            conflicts,
         }
     }
 
     /// An engine over `store` whose policies run on `runtime`.
     pub fn with_runtime(store: Arc<S>, config: EngineConfig, runtime: Arc<dyn PolicyRuntime>) -> Self {
-        let policies = Policies::new(Some(runtime), config.policy.clone());
+        let conflicts = Arc::new(crate::stats::ConflictCounter::new());
+        let policies = Policies::new(Some(runtime), config.policy.clone(), Arc::clone(&conflicts));
         Self {
             store,
             config,
             inflight: Inflight::default(),
             policies,
-            conflicts: crate::stats::ConflictCounter::new(),
+            conflicts,
         }
     }
 

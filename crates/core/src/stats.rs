@@ -1,6 +1,7 @@
-//! Statistics of refused requests (the 4xx class): counted in memory per
-//! minute, hour and day, written to the store every few seconds, kept 30
-//! days, and read back by `GetConflictStats`.
+//! Statistics of refused requests (the 4xx class) and of policy
+//! evaluations: counted in memory per minute, hour and day, written to the
+//! store every few seconds, kept 30 days, and read back by
+//! `GetConflictStats` and `GetPolicyStats`.
 //!
 //! Each replica writes only its own records (`{grain}/{tenant}/{period
 //! start, Unix s}/{replica}`, overwritten with the period's running
@@ -13,7 +14,10 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use arbiter_api::v1::{ConflictEvent, ConflictSeries, ConflictStats, GetConflictStatsRequest, HotResource};
+use arbiter_api::v1::{
+    ConflictEvent, ConflictSeries, ConflictStats, GetConflictStatsRequest, GetPolicyStatsRequest,
+    HotResource, PolicyEvaluationCounts, PolicyEvaluationStats,
+};
 use arbiter_store::Store;
 use prost::Message;
 use prost_types::Timestamp;
@@ -22,6 +26,7 @@ use crate::access::Access;
 use crate::auth::Caller;
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::policy::Outcome;
 use crate::validate::check_id;
 
 /// How long statistics are kept.
@@ -107,6 +112,57 @@ struct Record {
     resources: Vec<ResourceRecord>,
     #[prost(message, repeated, tag = "3")]
     recent: Vec<EventRecord>,
+    #[prost(message, repeated, tag = "4")]
+    policies: Vec<PolicyRecord>,
+}
+
+/// One policy's evaluations in a period.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PolicyRecord {
+    #[prost(string, tag = "1")]
+    name: String,
+    /// Per outcome ("allow", "deny", ... as the metrics name them).
+    #[prost(message, repeated, tag = "2")]
+    outcomes: Vec<OutcomeRecord>,
+    /// Evaluations per latency bucket of [`LATENCY_BUCKETS_US`], the last
+    /// one for longer.
+    #[prost(int64, repeated, tag = "3")]
+    latency: Vec<i64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct OutcomeRecord {
+    #[prost(string, tag = "1")]
+    outcome: String,
+    #[prost(int64, tag = "2")]
+    count: i64,
+}
+
+/// Upper bounds of the latency buckets of policy evaluations, in µs.
+const LATENCY_BUCKETS_US: [u64; 15] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000,
+];
+/// Policies counted per tenant and period.
+const MAX_POLICIES: usize = 1000;
+
+/// One policy's evaluations in a period, in memory.
+#[derive(Debug, Default)]
+struct PolicyTally {
+    outcomes: HashMap<&'static str, i64>,
+    latency: [i64; LATENCY_BUCKETS_US.len() + 1],
+}
+
+impl PolicyTally {
+    fn add(&mut self, outcome: &'static str, took: Duration) {
+        *self.outcomes.entry(outcome).or_default() += 1;
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BUCKETS_US
+            .iter()
+            .position(|bound| us <= *bound)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.latency[bucket] += 1;
+    }
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -166,6 +222,7 @@ struct Totals {
     /// name → ((reason, code) → count, last ms)
     resources: HashMap<String, ResourceTally>,
     recent: VecDeque<EventRecord>,
+    policies: HashMap<String, PolicyTally>,
 }
 
 impl Totals {
@@ -232,10 +289,27 @@ impl Totals {
         let total = |r: &ResourceRecord| r.reasons.iter().map(|c| c.count).sum::<i64>();
         resources.sort_by(|a, b| total(b).cmp(&total(a)).then_with(|| a.name.cmp(&b.name)));
         resources.truncate(KEPT_RESOURCES);
+        let policies = self
+            .policies
+            .iter()
+            .map(|(name, tally)| PolicyRecord {
+                name: name.clone(),
+                outcomes: tally
+                    .outcomes
+                    .iter()
+                    .map(|(outcome, count)| OutcomeRecord {
+                        outcome: (*outcome).to_string(),
+                        count: *count,
+                    })
+                    .collect(),
+                latency: tally.latency.to_vec(),
+            })
+            .collect();
         Record {
             counts,
             resources,
             recent: self.recent.iter().cloned().collect(),
+            policies,
         }
     }
 }
@@ -307,16 +381,44 @@ impl ConflictCounter {
     /// the caller belongs to are counted, so that no caller can make
     /// statistics (and keys) for tenants of others.
     pub fn count(&self, caller: &Caller, refusal: &Refusal<'_>) {
-        if refusal.tenant.is_empty()
-            || (caller.tenant != "*" && caller.tenant != refusal.tenant)
-            || check_id(refusal.tenant).is_err()
-        {
+        if refusal.tenant.is_empty() || (caller.tenant != "*" && caller.tenant != refusal.tenant) {
             return;
         }
         let now = now_unix_ms();
+        self.tally(refusal.tenant, now, |totals| {
+            totals.add(refusal, &caller.principal, now)
+        });
+    }
+
+    /// Counts an evaluation of `policy` (its full name) that ended with
+    /// `outcome` after `took`.
+    pub fn evaluated(&self, policy: &str, outcome: &'static str, took: Duration) {
+        let Some(tenant) = policy
+            .strip_prefix("tenants/")
+            .and_then(|rest| rest.split('/').next())
+        else {
+            return;
+        };
+        self.tally(tenant, now_unix_ms(), |totals| {
+            if totals.policies.len() < MAX_POLICIES || totals.policies.contains_key(policy) {
+                totals
+                    .policies
+                    .entry(policy.to_string())
+                    .or_default()
+                    .add(outcome, took);
+            }
+        });
+    }
+
+    /// Applies `add` to the totals of `tenant` in the minute, hour and day
+    /// of `now_ms`, within the bound of periods in memory.
+    fn tally(&self, tenant: &str, now_ms: i64, add: impl Fn(&mut Totals)) {
+        if check_id(tenant).is_err() {
+            return;
+        }
         let periods = Grain::ALL.map(|grain| {
-            let start = (now / 1000).div_euclid(grain.seconds()) * grain.seconds();
-            (grain, refusal.tenant.to_string(), start)
+            let start = (now_ms / 1000).div_euclid(grain.seconds()) * grain.seconds();
+            (grain, tenant.to_string(), start)
         });
         let mut pending = self.lock();
         let fresh = periods
@@ -328,11 +430,7 @@ impl ConflictCounter {
             return;
         }
         for period in periods {
-            pending
-                .periods
-                .entry(period.clone())
-                .or_default()
-                .add(refusal, &caller.principal, now);
+            add(pending.periods.entry(period.clone()).or_default());
             pending.dirty.insert(period);
         }
     }
@@ -410,12 +508,19 @@ fn rand_u32() -> u32 {
     hasher.finish() as u32
 }
 
-/// What a stats request asks for, checked.
-struct Window {
+/// The tenant(s) and time a stats request covers, checked and aligned to
+/// its buckets.
+struct Span {
     grain: Grain,
     start: i64,
     end: i64,
+    /// `None`: every tenant.
     tenant: Option<String>,
+}
+
+/// What a `GetConflictStats` request asks for, checked.
+struct Window {
+    span: Span,
     collection: String,
     reason: String,
     codes: HashSet<String>,
@@ -448,9 +553,17 @@ fn listed(field: &str, value: i32, default: i32) -> Result<usize, Error> {
     }
 }
 
-impl Window {
-    fn of(caller: &Caller, req: &GetConflictStatsRequest, now_s: i64) -> Result<Window, Error> {
-        let tenant = if req.parent == "tenants/-" {
+impl Span {
+    /// Checks `parent` (`tenants/{t}` or `tenants/-`) against the caller,
+    /// and the window and bucket.
+    fn of(
+        caller: &Caller,
+        parent: &str,
+        (start_time, end_time): (Option<&Timestamp>, Option<&Timestamp>),
+        bucket: Option<&prost_types::Duration>,
+        now_s: i64,
+    ) -> Result<Span, Error> {
+        let tenant = if parent == "tenants/-" {
             if caller.tenant != "*" {
                 return Err(Error::TenantForbidden {
                     principal: caller.principal.clone(),
@@ -460,7 +573,7 @@ impl Window {
             caller.authorize("-", Access::Read)?;
             None
         } else {
-            let tenant = crate::names::parse_parent("parent", &req.parent)?;
+            let tenant = crate::names::parse_parent("parent", parent)?;
             caller.authorize(&tenant, Access::Read)?;
             Some(tenant)
         };
@@ -475,11 +588,11 @@ impl Window {
                 ))
             }
         };
-        let end = match &req.end_time {
+        let end = match end_time {
             Some(ts) => bounded("end_time", ts)?,
             None => now_s,
         };
-        let start = match &req.start_time {
+        let start = match start_time {
             Some(ts) => bounded("start_time", ts)?,
             None => end - 3600,
         };
@@ -497,7 +610,7 @@ impl Window {
             ));
         }
         let start = start.max(oldest - 86_400);
-        let grain = match &req.bucket {
+        let grain = match bucket {
             Some(bucket) => Grain::of_seconds(bucket.seconds)
                 .filter(|_| bucket.nanos == 0)
                 .ok_or_else(|| Error::field("bucket", "must be 60s, 3600s or 86400s"))?,
@@ -517,11 +630,24 @@ impl Window {
             ));
         }
         let width = grain.seconds();
-        Ok(Window {
+        Ok(Span {
             grain,
             start: start.div_euclid(width) * width,
             end: (end + width - 1).div_euclid(width) * width,
             tenant,
+        })
+    }
+
+    fn bucket_count(&self) -> usize {
+        usize::try_from((self.end - self.start) / self.grain.seconds()).unwrap_or(0)
+    }
+}
+
+impl Window {
+    fn of(caller: &Caller, req: &GetConflictStatsRequest, now_s: i64) -> Result<Window, Error> {
+        let times = (req.start_time.as_ref(), req.end_time.as_ref());
+        Ok(Window {
+            span: Span::of(caller, &req.parent, times, req.bucket.as_ref(), now_s)?,
             collection: req.collection.clone(),
             reason: req.reason.clone(),
             codes: req.codes.iter().cloned().collect(),
@@ -534,10 +660,6 @@ impl Window {
         (self.collection.is_empty() || self.collection == collection)
             && (self.reason.is_empty() || self.reason == reason)
             && (self.codes.is_empty() || self.codes.contains(code))
-    }
-
-    fn bucket_count(&self) -> usize {
-        usize::try_from((self.end - self.start) / self.grain.seconds()).unwrap_or(0)
     }
 }
 
@@ -559,16 +681,34 @@ impl<S: Store> Engine<S> {
         caller: &Caller,
         req: GetConflictStatsRequest,
     ) -> Result<ConflictStats, Error> {
-        let now_s = now_unix_ms() / 1000;
-        let window = Window::of(caller, &req, now_s)?;
-        let counter = &self.conflicts;
-        // (tenant, period start, replica) → record
-        let mut records: BTreeMap<(String, i64, String), Record> = BTreeMap::new();
+        let window = Window::of(caller, &req, now_unix_ms() / 1000)?;
+        let (records, truncated) = self.stats_records(&window.span).await?;
+        Ok(answer(&window, records, truncated))
+    }
+
+    /// The evaluations of a tenant's policies over a window
+    /// (`GetPolicyStats`).
+    pub async fn policy_evaluation_stats(
+        &self,
+        caller: &Caller,
+        req: GetPolicyStatsRequest,
+    ) -> Result<PolicyEvaluationStats, Error> {
+        let times = (req.start_time.as_ref(), req.end_time.as_ref());
+        let span = Span::of(caller, &req.parent, times, None, now_unix_ms() / 1000)?;
+        let (records, truncated) = self.stats_records(&span).await?;
+        Ok(policy_answer(&span, records, truncated))
+    }
+
+    /// Every record of the span: (tenant, period start, replica) → record,
+    /// this replica's unwritten totals in place of what it wrote; and
+    /// whether a bound cut the reading short.
+    async fn stats_records(&self, span: &Span) -> Result<(Records, bool), Error> {
+        let mut records = Records::new();
         let mut truncated = false;
-        let tenants = match &window.tenant {
+        let tenants = match &span.tenant {
             Some(tenant) => vec![tenant.clone()],
             None => {
-                let (tenants, more) = self.stats_tenants(window.grain).await?;
+                let (tenants, more) = self.stats_tenants(span.grain).await?;
                 truncated |= more;
                 tenants
             }
@@ -579,13 +719,13 @@ impl<S: Store> Engine<S> {
                 truncated = true;
                 break;
             }
-            let from = key(window.grain, tenant, window.start, "");
-            let to = key(window.grain, tenant, window.end, "");
+            let from = key(span.grain, tenant, span.start, "");
+            let to = key(span.grain, tenant, span.end, "");
             let found = self
                 .store
                 .scan_stats(&from, &to, left)
                 .await
-                .map_err(|e| Error::storage("reading conflict statistics", e))?;
+                .map_err(|e| Error::storage("reading statistics", e))?;
             truncated |= found.len() == left;
             for (k, v) in found {
                 let Some(id) = parse_key(&k) else { continue };
@@ -594,22 +734,20 @@ impl<S: Store> Engine<S> {
                         records.insert(id, record);
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, key = %String::from_utf8_lossy(&k), "a conflict statistics record does not decode")
+                        tracing::warn!(error = %e, key = %String::from_utf8_lossy(&k), "a statistics record does not decode")
                     }
                 }
             }
         }
-        // This replica's totals not written yet replace what it wrote.
-        {
-            let pending = counter.lock();
-            for ((grain, tenant, start), totals) in &pending.periods {
-                let wanted = window.tenant.as_ref().is_none_or(|t| t == tenant);
-                if *grain == window.grain && wanted && (window.start..window.end).contains(start) {
-                    records.insert((tenant.clone(), *start, counter.replica.clone()), totals.record());
-                }
+        let counter = &self.conflicts;
+        let pending = counter.lock();
+        for ((grain, tenant, start), totals) in &pending.periods {
+            let wanted = span.tenant.as_ref().is_none_or(|t| t == tenant);
+            if *grain == span.grain && wanted && (span.start..span.end).contains(start) {
+                records.insert((tenant.clone(), *start, counter.replica.clone()), totals.record());
             }
         }
-        Ok(answer(&window, records, truncated))
+        Ok((records, truncated))
     }
 
     /// The tenants with statistics in `grain`, at most
@@ -661,21 +799,21 @@ impl<S> Engine<S> {
     }
 }
 
+/// Stored records by (tenant, period start, replica).
+type Records = BTreeMap<(String, i64, String), Record>;
+
 /// Adds the records up into the answer.
-fn answer(
-    window: &Window,
-    records: BTreeMap<(String, i64, String), Record>,
-    mut truncated: bool,
-) -> ConflictStats {
-    let n = window.bucket_count();
-    let width = window.grain.seconds();
+fn answer(window: &Window, records: Records, mut truncated: bool) -> ConflictStats {
+    let span = &window.span;
+    let n = span.bucket_count();
+    let width = span.grain.seconds();
     // (tenant, collection, method, reason, code) → counts per bucket
     let mut series: HashMap<(String, SeriesKey), Vec<i64>> = HashMap::new();
     // (tenant, name) → ((reason, code) → count, last ms)
     let mut hot: HashMap<(String, String), ResourceTally> = HashMap::new();
     let mut recent: Vec<ConflictEvent> = Vec::new();
     for ((tenant, start, _), record) in records {
-        let Ok(index) = usize::try_from((start - window.start) / width) else {
+        let Ok(index) = usize::try_from((start - span.start) / width) else {
             continue;
         };
         if index >= n {
@@ -769,8 +907,8 @@ fn answer(
     });
     recent.truncate(window.max_recent);
     ConflictStats {
-        start_time: Some(timestamp(window.start)),
-        end_time: Some(timestamp(window.end)),
+        start_time: Some(timestamp(span.start)),
+        end_time: Some(timestamp(span.end)),
         bucket: Some(prost_types::Duration {
             seconds: width,
             nanos: 0,
@@ -779,6 +917,77 @@ fn answer(
         hot_resources,
         recent,
         total,
+        truncated,
+    }
+}
+
+/// The latency below which a share `q` of `latency` (counts per bucket of
+/// [`LATENCY_BUCKETS_US`]) falls: the upper bound of its bucket.
+fn percentile(latency: &[i64], q: f64) -> Option<prost_types::Duration> {
+    let total: i64 = latency.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (total as f64 * q).ceil() as i64;
+    let mut seen = 0;
+    for (i, count) in latency.iter().enumerate() {
+        seen += count;
+        if seen >= rank {
+            // Past the last bound: no more precise than "longer".
+            let us = LATENCY_BUCKETS_US
+                .get(i)
+                .or(LATENCY_BUCKETS_US.last())
+                .copied()
+                .unwrap_or_default();
+            return Some(prost_types::Duration {
+                seconds: (us / 1_000_000) as i64,
+                nanos: ((us % 1_000_000) * 1000) as i32,
+            });
+        }
+    }
+    None
+}
+
+/// Adds the records' policy evaluations up, per policy.
+fn policy_answer(span: &Span, records: Records, truncated: bool) -> PolicyEvaluationStats {
+    let mut tallies: BTreeMap<String, (HashMap<String, i64>, Vec<i64>)> = BTreeMap::new();
+    for record in records.into_values() {
+        for p in record.policies {
+            let (outcomes, latency) = tallies.entry(p.name).or_default();
+            for o in p.outcomes {
+                *outcomes.entry(o.outcome).or_default() += o.count;
+            }
+            if latency.len() < p.latency.len() {
+                latency.resize(p.latency.len(), 0);
+            }
+            for (i, n) in p.latency.into_iter().enumerate() {
+                latency[i] += n;
+            }
+        }
+    }
+    let policies = tallies
+        .into_iter()
+        .map(|(policy, (outcomes, latency))| {
+            let of = |o: Outcome| outcomes.get(o.as_str()).copied().unwrap_or_default();
+            PolicyEvaluationCounts {
+                evaluations: outcomes.values().sum(),
+                allowed: of(Outcome::Allow),
+                denied: of(Outcome::Deny),
+                audit_denied: of(Outcome::AuditDeny),
+                warned: of(Outcome::Warn),
+                faulted: of(Outcome::Fault),
+                faults_ignored: of(Outcome::FaultIgnored),
+                busy: of(Outcome::Busy),
+                p50_latency: percentile(&latency, 0.5),
+                p99_latency: percentile(&latency, 0.99),
+                policy,
+            }
+        })
+        .collect();
+    PolicyEvaluationStats {
+        start_time: Some(timestamp(span.start)),
+        end_time: Some(timestamp(span.end)),
+        policies,
         truncated,
     }
 }
@@ -797,6 +1006,22 @@ mod tests {
         assert!(key(Grain::Minute, "acme0", 0, "r0") > end);
         assert!(key(Grain::Minute, "acme-2", 999_999, "r9") < a);
         assert_eq!(parse_key(&a), Some(("acme".into(), 60, "r1".into())));
+    }
+
+    #[test]
+    fn percentiles_are_bucket_bounds() {
+        let mut tally = PolicyTally::default();
+        for _ in 0..98 {
+            tally.add("allow", Duration::from_micros(30));
+        }
+        tally.add("deny", Duration::from_micros(700));
+        tally.add("fault", Duration::from_secs(9));
+        let us =
+            |d: Option<prost_types::Duration>| d.map(|d| d.seconds * 1_000_000 + i64::from(d.nanos) / 1000);
+        assert_eq!(us(percentile(&tally.latency, 0.5)), Some(50));
+        assert_eq!(us(percentile(&tally.latency, 0.99)), Some(1_000));
+        assert_eq!(us(percentile(&tally.latency, 1.0)), Some(2_500_000));
+        assert_eq!(percentile(&[0; 16], 0.5), None);
     }
 
     #[test]

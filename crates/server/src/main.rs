@@ -121,6 +121,9 @@ enum StatsCommand {
     /// hour): counts by collection, method and reason, the most contended
     /// resources and the latest refusals.
     Conflicts(arbiter_server::cli::ConflictStatsArgs),
+    /// Evaluations of a tenant's policies over a window (default: the last
+    /// hour): counts by outcome and p99 latency per policy.
+    Policies(arbiter_server::cli::PolicyStatsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -232,6 +235,9 @@ fn main() -> ExitCode {
         Command::Stats {
             command: StatsCommand::Conflicts(args),
         } => client(ClientCommand::ConflictStats(args)),
+        Command::Stats {
+            command: StatsCommand::Policies(args),
+        } => client(ClientCommand::PolicyStats(args)),
         Command::Edit { name, on_conflict } => client(ClientCommand::Edit { name, on_conflict }),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "arbiter", &mut std::io::stdout());

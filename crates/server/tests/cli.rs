@@ -335,6 +335,22 @@ async fn every_verb_of_every_kind() {
     assert!(stdout.starts_with("judged 1 at revision "), "{stdout}");
     assert!(stdout.contains("0 allowed, 1 denied, 0 faulted"), "{stdout}");
     assert!(stdout.contains("tenants/acme/vms/plain"), "{stdout}");
+    // The AUDIT policy's would-be denial of that create, per policy.
+    let out = run(s, "acme-viewer", &["stats", "policies", "acme", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let guard = &stats["policies"][0];
+    assert_eq!(guard["policy"], "tenants/acme/policies/guard", "{stats}");
+    assert!(
+        guard["audit_denied"].as_str().unwrap().parse::<i64>().unwrap() >= 1,
+        "{stats}"
+    );
+    let out = run(
+        s,
+        "acme-viewer",
+        &["stats", "policies", "tenants/acme", "--since", "10m"],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tenants/acme/policies/guard"));
     for args in [
         &["policy", "get", "tenants/acme/policies/guard"][..],
         &["policy", "list", "tenants/acme"],

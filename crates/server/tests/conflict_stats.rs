@@ -1,6 +1,7 @@
 //! Statistics of refused requests (`GetConflictStats`): exact counts by
 //! reason, hot resources and the latest refusals; tenant scope; bounds;
-//! kept across a restart; added up across replicas on etcd.
+//! kept across a restart; added up across replicas on etcd. And policy
+//! evaluations per policy (`GetPolicyStats`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -367,5 +368,88 @@ async fn stats_are_served_over_http() {
         .await
         .unwrap();
     assert_eq!(forbidden.status(), 403);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn policy_evaluations_are_counted_per_policy_and_survive_a_restart() {
+    use arbiter_api::v1::{CreatePolicyRequest, DeleteVirtualMachineRequest, GetPolicyStatsRequest, Policy};
+    let mut server = TestServer::start().await;
+    server
+        .policies("root")
+        .create_policy(CreatePolicyRequest {
+            parent: "tenants/acme".into(),
+            policy_id: "guard".into(),
+            policy: Some(Policy {
+                kinds: vec!["vm".into()],
+                module: arbiter_test_guests::read(arbiter_test_guests::VM_GUARD),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Two creates allowed; deleting a VM labelled env=prod denied.
+    let mut vms = server.vms("acme-editor");
+    vms.create_virtual_machine(create_vm("web-1")).await.unwrap();
+    let mut prod = create_vm("db-1");
+    prod.vm
+        .as_mut()
+        .unwrap()
+        .labels
+        .insert("env".into(), "prod".into());
+    vms.create_virtual_machine(prod).await.unwrap();
+    let e = vms
+        .delete_virtual_machine(DeleteVirtualMachineRequest {
+            name: "tenants/acme/vms/db-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "POLICY_DENIED");
+    let evaluations = || GetPolicyStatsRequest {
+        parent: "tenants/acme".into(),
+        ..Default::default()
+    };
+    let check = |stats: arbiter_api::v1::PolicyEvaluationStats| {
+        assert_eq!(stats.policies.len(), 1, "{stats:?}");
+        let guard = &stats.policies[0];
+        assert_eq!(guard.policy, "tenants/acme/policies/guard");
+        assert_eq!((guard.evaluations, guard.allowed, guard.denied), (3, 2, 1));
+        assert_eq!((guard.warned, guard.faulted, guard.busy), (0, 0, 0));
+        let p99 = guard.p99_latency.unwrap();
+        assert!(p99.seconds < 3 && (p99.seconds > 0 || p99.nanos > 0), "{p99:?}");
+    };
+    check(
+        server
+            .stats("acme-viewer")
+            .get_policy_stats(evaluations())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    // The denial is also a refusal in the conflict statistics.
+    assert_eq!(
+        by_reason(
+            &stats(&server, "acme-viewer", request("tenants/acme")).await,
+            "POLICY_DENIED"
+        ),
+        1
+    );
+    server.restart().await;
+    check(
+        server
+            .stats("acme-viewer")
+            .get_policy_stats(evaluations())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let e = server
+        .stats("globex-editor")
+        .get_policy_stats(evaluations())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
     server.stop().await;
 }

@@ -586,7 +586,7 @@ async fn openapi_and_metrics_are_served() {
         .values()
         .map(|p| p.as_object().unwrap().len())
         .sum();
-    assert_eq!(operations, 31, "every annotated method is documented");
+    assert_eq!(operations, 32, "every annotated method is documented");
     assert!(
         doc["paths"]["/v1/tenants/{tenant}/conflictStats"]["get"].is_object(),
         "{}",

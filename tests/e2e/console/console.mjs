@@ -36,12 +36,12 @@ try {
   await signIn("acme-viewer-token", "acme");
   const byReason = page.locator("[data-testid=by-reason]");
   await byReason.waitFor();
-  for (const [reason, count] of [["RESOURCE_EXISTS", "2"], ["ETAG_MISMATCH", "1"], ["ALREADY_IN_STATE", "1"]]) {
+  for (const [reason, count] of [["RESOURCE_EXISTS", "2"], ["ETAG_MISMATCH", "1"], ["ALREADY_IN_STATE", "1"], ["POLICY_DENIED", "1"]]) {
     const cell = byReason.locator(`tr[data-key="${reason}"] td.num`);
     assert.equal(await cell.textContent(), count, `${reason} on the Conflicts page`);
   }
-  assert.equal(await page.locator("[data-testid=total]").textContent(), "4");
-  assert.equal(await page.locator("[data-testid=recent] tbody tr").count(), 4);
+  assert.equal(await page.locator("[data-testid=total]").textContent(), "5");
+  assert.equal(await page.locator("[data-testid=recent] tbody tr").count(), 5);
   await page.screenshot({ path: `${shots}/conflicts.png`, fullPage: true });
   // Every part of the page is there, and nothing shows an absent value.
   const shownText = await page.locator("#page").innerText();
@@ -51,7 +51,7 @@ try {
   await page.click("text=Last week");
   await page.waitForFunction(() => location.hash.includes("window=week"));
   await page.locator("[data-testid=total]").waitFor();
-  assert.equal(await page.locator("[data-testid=total]").textContent(), "4");
+  assert.equal(await page.locator("[data-testid=total]").textContent(), "5");
 
   // A hot resource links to its history, with the field diff.
   await page.click("[data-testid=hot] a >> text=tenants/acme/vms/web-1");
@@ -62,11 +62,23 @@ try {
   assert.doesNotMatch(await page.locator("#page").innerText(), /\bnull\b|\bundefined\b|NaN|Invalid Date/);
   await page.screenshot({ path: `${shots}/history.png`, fullPage: true });
 
-  // Resources: the VM is listed, and a change made now shows up live.
+  // Policies: vm-guard's evaluations, its one denial, its latency.
+  await page.click("nav >> text=Policies");
+  const guard = page.locator('[data-testid=policies] tr[data-policy="tenants/acme/policies/vm-guard"]');
+  await guard.waitFor();
+  const field = async (f) => Number(await guard.locator(`td[data-field=${f}]`).textContent());
+  assert.equal(await field("denied"), 1);
+  assert.ok(await field("allowed") >= 2, "vm-guard allowed the creates");
+  assert.equal(await field("evaluations"), (await field("allowed")) + 1);
+  assert.match(await guard.locator("td[data-field=p99]").textContent(), /(µs|ms)$/);
+  assert.doesNotMatch(await page.locator("#page").innerText(), /\bnull\b|\bundefined\b|NaN|Invalid Date/);
+  await page.screenshot({ path: `${shots}/policies.png`, fullPage: true });
+
+  // Resources: the VMs are listed, and a change made now shows up live.
   await page.click("nav >> text=Resources");
   const rows = page.locator("[data-testid=resources] tbody tr");
   await rows.first().waitFor();
-  assert.equal(await rows.count(), 1);
+  assert.equal(await rows.count(), 2);
   await page.locator(".live", { hasText: "live" }).waitFor();
   const created = await fetch(`${base}/v1/tenants/acme/vms?vmId=web-2`, {
     method: "POST",

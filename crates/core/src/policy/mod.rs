@@ -149,6 +149,8 @@ pub(crate) struct Policies {
     pub(crate) config: PolicyConfig,
     cache: PolicyCache,
     pub(crate) stats: PolicyStats,
+    /// Keeps the evaluations per policy in the store's statistics.
+    counter: Arc<crate::stats::ConflictCounter>,
 }
 
 impl std::fmt::Debug for Policies {
@@ -178,12 +180,17 @@ pub(crate) fn binds(p: &Policy, kind: &str, operation: Operation) -> bool {
 }
 
 impl Policies {
-    pub(crate) fn new(runtime: Option<Arc<dyn PolicyRuntime>>, config: PolicyConfig) -> Self {
+    pub(crate) fn new(
+        runtime: Option<Arc<dyn PolicyRuntime>>,
+        config: PolicyConfig,
+        counter: Arc<crate::stats::ConflictCounter>,
+    ) -> Self {
         Self {
             runtime,
             config,
             cache: PolicyCache::default(),
             stats: PolicyStats::default(),
+            counter,
         }
     }
 
@@ -307,6 +314,7 @@ impl Policies {
         for (b, (result, took)) in bound.iter().zip(results) {
             let outcome = self.weigh(&b.policy, result, resource, &mut refusal);
             self.stats.record(&b.policy.name, outcome, took);
+            self.counter.evaluated(&b.policy.name, outcome.as_str(), took);
         }
         refusal.map_or(Ok(()), Err)
     }

@@ -113,6 +113,16 @@ pub struct ConflictStatsArgs {
     pub recent: i32,
 }
 
+/// `arbiter stats policies TENANT`: evaluations per policy over a window.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyStatsArgs {
+    /// The tenant (`acme` or `tenants/acme`); `-` for every tenant.
+    pub tenant: String,
+    /// How far back the window starts, e.g. 15m, 6h, 7d (at most 30d).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub since: std::time::Duration,
+}
+
 /// The verbs every kind has.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Verb<F: Fields> {
@@ -264,6 +274,8 @@ pub enum ClientCommand {
     },
     /// `arbiter stats conflicts TENANT`.
     ConflictStats(ConflictStatsArgs),
+    /// `arbiter stats policies TENANT`.
+    PolicyStats(PolicyStatsArgs),
     /// `arbiter history NAME`.
     History {
         /// The resource's full name.
@@ -490,6 +502,7 @@ async fn execute(connection: &Connection, command: ClientCommand) -> Result<(), 
         }
         ClientCommand::History { name } => history(&client, format, &name).await,
         ClientCommand::ConflictStats(args) => conflict_stats(&client, format, args).await,
+        ClientCommand::PolicyStats(args) => policy_stats(&client, format, args).await,
         ClientCommand::Edit { name, on_conflict } => edit::edit(&client, &name, on_conflict).await,
     }
 }
@@ -646,14 +659,26 @@ async fn policy_preview(client: &Client, format: Format, preview: Preview) -> Re
     Ok(())
 }
 
-async fn conflict_stats(client: &Client, format: Format, args: ConflictStatsArgs) -> Result<(), Failure> {
-    let parent = match args.tenant.strip_prefix("tenants/") {
-        Some(tenant) => format!("tenants/{tenant}"),
-        None => format!("tenants/{}", args.tenant),
-    };
+/// The parent and the start of a stats window: `tenant` as `acme`,
+/// `tenants/acme` or `-`, and `since` back from now.
+fn stats_window(tenant: &str, since: std::time::Duration) -> Result<(String, String), Failure> {
+    let parent = format!("tenants/{}", tenant.strip_prefix("tenants/").unwrap_or(tenant));
     let start = std::time::SystemTime::now()
-        .checked_sub(args.since)
-        .ok_or_else(|| usage(format!("--since {:?} reaches before 1970", args.since)))?;
+        .checked_sub(since)
+        .ok_or_else(|| usage(format!("--since {since:?} reaches before 1970")))?;
+    Ok((parent, humantime::format_rfc3339(start).to_string()))
+}
+
+async fn policy_stats(client: &Client, format: Format, args: PolicyStatsArgs) -> Result<(), Failure> {
+    let (parent, start) = stats_window(&args.tenant, args.since)?;
+    let request = json!({"parent": parent, "start_time": start});
+    let answer = call(client, "Stats", "GetPolicyStats", request).await?;
+    output::policy_stats(format, &to_json(&answer, true));
+    Ok(())
+}
+
+async fn conflict_stats(client: &Client, format: Format, args: ConflictStatsArgs) -> Result<(), Failure> {
+    let (parent, start) = stats_window(&args.tenant, args.since)?;
     let codes: Vec<String> = args
         .codes
         .iter()
@@ -668,7 +693,7 @@ async fn conflict_stats(client: &Client, format: Format, args: ConflictStatsArgs
         .collect();
     let mut request = json!({
         "parent": parent,
-        "start_time": humantime::format_rfc3339(start).to_string(),
+        "start_time": start,
         "collection": args.collection,
         "reason": args.reason,
         "codes": codes,

@@ -229,6 +229,35 @@ pub fn conflict_stats(format: Format, value: &Value) {
     }
 }
 
+/// `arbiter stats policies`: a row per policy.
+pub fn policy_stats(format: Format, value: &Value) {
+    if format != Format::Table {
+        document(format, value);
+        return;
+    }
+    const COLUMNS: [&str; 9] = [
+        "policy",
+        "evaluations",
+        "allowed",
+        "denied",
+        "warned",
+        "audit_denied",
+        "faulted",
+        "faults_ignored",
+        "p99_latency",
+    ];
+    let policies = value
+        .get("policies")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let rows: Vec<Vec<String>> = policies
+        .iter()
+        .map(|p| COLUMNS.iter().map(|f| text(p.get(*f))).collect())
+        .collect();
+    table(&COLUMNS, &rows);
+}
+
 fn change_json(change: &Change) -> Value {
     let encoded = prost::Message::encode_to_vec(change);
     super::message("arbiter.v1.Change")

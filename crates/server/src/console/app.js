@@ -329,6 +329,67 @@ async function historyPage(page, name) {
     answer.nextPageToken ? el("p", { class: "muted" }, "Older changes: arbiter history NAME.") : null));
 }
 
+// ---- Policies --------------------------------------------------------------
+
+function duration(d) {
+  if (!d) return "—";
+  const seconds = Number(String(d).replace(/s$/, ""));
+  if (Number.isNaN(seconds)) return String(d);
+  if (seconds < 0.001) return `${Math.round(seconds * 1e6)} µs`;
+  if (seconds < 1) return `${Math.round(seconds * 1e4) / 10} ms`;
+  return `${seconds} s`;
+}
+
+async function policiesPage(page, query) {
+  const windowName = WINDOWS[query.get("window")] ? query.get("window") : "hour";
+  const end = new Date();
+  const start = new Date(end.getTime() - WINDOWS[windowName] * 1000);
+  const toolbar = el("div", { class: "toolbar" },
+    Object.keys(WINDOWS).map((w) => el("button", {
+      type: "button", class: "plain", "aria-pressed": String(w === windowName),
+      onclick: () => { location.hash = `#/policies?window=${w}`; },
+    }, `Last ${w}`)));
+  page.replaceChildren(el("h2", {}, "Policies"), toolbar, el("p", { class: "muted" }, "Loading…"));
+  const stats = await api(`/v1/${parent()}/policyStats`, { startTime: start.toISOString(), endTime: end.toISOString() });
+  // The tenant's policies, also those not evaluated in the window, for
+  // tokens that may read policies (admins); others see the evaluations.
+  const bound = new Map();
+  let listed = false;
+  if (session.tenant !== "-") {
+    try {
+      const list = await api(`/v1/${parent()}/policies`, { pageSize: 1000 });
+      for (const p of list.policies || []) bound.set(p.name, p);
+      listed = true;
+    } catch (error) {
+      if (!(error instanceof ApiError && error.status === 403)) throw error;
+    }
+  }
+  const rows = new Map();
+  for (const name of bound.keys()) rows.set(name, { policy: name });
+  for (const p of stats.policies || []) rows.set(p.policy, p);
+  const columns = [
+    ["evaluations", "evaluations"], ["allowed", "allowed"], ["denied", "denied"], ["warned", "warnings"],
+    ["auditDenied", "audit denials"], ["faulted", "faults"], ["faultsIgnored", "faults ignored"], ["busy", "busy"],
+  ];
+  const table = el("table", { "data-testid": "policies" },
+    el("thead", {}, el("tr", {}, el("th", {}, "policy"), el("th", {}, "mode"),
+      columns.map(([, label]) => el("th", {}, label)), el("th", {}, "p50"), el("th", {}, "p99"))),
+    el("tbody", {}, [...rows.keys()].sort().map((name) => {
+      const p = rows.get(name);
+      const policy = bound.get(name);
+      return el("tr", { "data-policy": name },
+        el("td", {}, policy ? historyLink(name) : name),
+        el("td", {}, policy ? policy.mode || "ENFORCE" : listed ? "deleted" : "—"),
+        columns.map(([field]) => el("td", { class: "num", "data-field": field }, Number(p[field] || 0))),
+        el("td", { class: "num" }, duration(p.p50Latency)),
+        el("td", { class: "num", "data-field": "p99" }, duration(p.p99Latency)));
+    })));
+  page.replaceChildren(...parts(el("h2", {}, "Policies"), toolbar,
+    el("div", { class: "card scroll" }, rows.size === 0 ? el("p", { class: "muted" }, "No policies.") : table),
+    el("p", { class: "muted" }, `${time(stats.startTime)} – ${time(stats.endTime)}; latency as the bucket bound (50 µs to 2.5 s).`),
+    stats.truncated ? el("p", { class: "muted" }, "Some records were left out to stay within bounds.") : null));
+}
+
 // ---- Shell -----------------------------------------------------------------
 
 function showSignIn(message) {
@@ -355,6 +416,7 @@ async function route() {
   try {
     if (name === "history") await historyPage(page, decodeURIComponent(path.slice("history/".length)));
     else if (name === "resources") await resourcesPage(page, query);
+    else if (name === "policies") await policiesPage(page, query);
     else await conflictsPage(page, query);
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) {

@@ -1,6 +1,9 @@
-//! The `Stats` service: statistics of refused requests.
+//! The `Stats` service: statistics of refused requests and of policy
+//! evaluations.
 
-use arbiter_api::v1::{ConflictStats, GetConflictStatsRequest, stats_server::Stats};
+use arbiter_api::v1::{
+    ConflictStats, GetConflictStatsRequest, GetPolicyStatsRequest, PolicyEvaluationStats, stats_server::Stats,
+};
 use arbiter_core::warnings::collect;
 use arbiter_store::Store;
 use tonic::{Request, Response, Status};
@@ -21,6 +24,21 @@ impl<S: Store> Stats for Api<S> {
             asked,
             &parent,
             collect(self.engine.conflict_stats(&caller, req)).await,
+        )
+    }
+
+    async fn get_policy_stats(
+        &self,
+        request: Request<GetPolicyStatsRequest>,
+    ) -> Result<Response<PolicyEvaluationStats>, Status> {
+        let parent = request.get_ref().parent.clone();
+        let asked = Asked::any("get_policy_stats");
+        let (caller, req, _permit) = self.parts(request, &parent, asked)?;
+        self.reply(
+            &caller,
+            asked,
+            &parent,
+            collect(self.engine.policy_evaluation_stats(&caller, req)).await,
         )
     }
 }
