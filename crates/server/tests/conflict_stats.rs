@@ -373,22 +373,9 @@ async fn stats_are_served_over_http() {
 
 #[tokio::test]
 async fn policy_evaluations_are_counted_per_policy_and_survive_a_restart() {
-    use arbiter_api::v1::{CreatePolicyRequest, DeleteVirtualMachineRequest, GetPolicyStatsRequest, Policy};
+    use arbiter_api::v1::{DeleteVirtualMachineRequest, GetPolicyStatsRequest, PolicyEvaluationStats};
     let mut server = TestServer::start().await;
-    server
-        .policies("root")
-        .create_policy(CreatePolicyRequest {
-            parent: "tenants/acme".into(),
-            policy_id: "guard".into(),
-            policy: Some(Policy {
-                kinds: vec!["vm".into()],
-                module: arbiter_test_guests::read(arbiter_test_guests::VM_GUARD),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    common::bind_vm_guard(&server, "acme", "guard").await;
     // Two creates allowed; deleting a VM labelled env=prod denied.
     let mut vms = server.vms("acme-editor");
     vms.create_virtual_machine(create_vm("web-1")).await.unwrap();
@@ -411,7 +398,13 @@ async fn policy_evaluations_are_counted_per_policy_and_survive_a_restart() {
         parent: "tenants/acme".into(),
         ..Default::default()
     };
-    let check = |stats: arbiter_api::v1::PolicyEvaluationStats| {
+    async fn check(server: &TestServer, request: GetPolicyStatsRequest) {
+        let stats: PolicyEvaluationStats = server
+            .stats("acme-viewer")
+            .get_policy_stats(request)
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(stats.policies.len(), 1, "{stats:?}");
         let guard = &stats.policies[0];
         assert_eq!(guard.policy, "tenants/acme/policies/guard");
@@ -419,15 +412,8 @@ async fn policy_evaluations_are_counted_per_policy_and_survive_a_restart() {
         assert_eq!((guard.warned, guard.faulted, guard.busy), (0, 0, 0));
         let p99 = guard.p99_latency.unwrap();
         assert!(p99.seconds < 3 && (p99.seconds > 0 || p99.nanos > 0), "{p99:?}");
-    };
-    check(
-        server
-            .stats("acme-viewer")
-            .get_policy_stats(evaluations())
-            .await
-            .unwrap()
-            .into_inner(),
-    );
+    }
+    check(&server, evaluations()).await;
     // The denial is also a refusal in the conflict statistics.
     assert_eq!(
         by_reason(
@@ -437,14 +423,7 @@ async fn policy_evaluations_are_counted_per_policy_and_survive_a_restart() {
         1
     );
     server.restart().await;
-    check(
-        server
-            .stats("acme-viewer")
-            .get_policy_stats(evaluations())
-            .await
-            .unwrap()
-            .into_inner(),
-    );
+    check(&server, evaluations()).await;
     let e = server
         .stats("globex-editor")
         .get_policy_stats(evaluations())

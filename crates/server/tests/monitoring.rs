@@ -11,9 +11,8 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use arbiter_api::v1::{CreatePolicyRequest, Policy, WatchChangesRequest};
+use arbiter_api::v1::WatchChangesRequest;
 use arbiter_server::limits::RateLimitRule;
-use arbiter_test_guests as guests;
 use common::{TestServer, create_vm};
 
 const DASHBOARD: &str = include_str!("../../../deploy/kubernetes/monitoring/grafana/arbiter-dashboard.json");
@@ -78,20 +77,7 @@ async fn the_dashboard_and_the_alerts_query_exported_metrics() {
     })
     .await;
     // A policy, so that creates are evaluated.
-    server
-        .policies("root")
-        .create_policy(CreatePolicyRequest {
-            parent: "tenants/acme".into(),
-            policy_id: "guard".into(),
-            policy: Some(Policy {
-                kinds: vec!["vm".into()],
-                module: guests::read(guests::VM_GUARD),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    common::bind_vm_guard(&server, "acme", "guard").await;
     // A watch stays open while the metrics are read.
     let _watch = server
         .changes("acme-viewer")

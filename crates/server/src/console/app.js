@@ -152,15 +152,22 @@ function breakdown(title, stats, byKey, testid) {
           el("td", { style: "width:40%" }, el("div", { class: "bar", style: `width:${(n / max) * 100}%` })))))));
 }
 
-async function conflictsPage(page, query) {
-  const windowName = WINDOWS[query.get("window")] ? query.get("window") : "hour";
+// The window a page shows (`?window=hour|day|week`) and its buttons.
+function timeWindow(pageName, query, ...more) {
+  const name = WINDOWS[query.get("window")] ? query.get("window") : "hour";
   const end = new Date();
-  const start = new Date(end.getTime() - WINDOWS[windowName] * 1000);
+  const start = new Date(end.getTime() - WINDOWS[name] * 1000);
   const toolbar = el("div", { class: "toolbar" },
     Object.keys(WINDOWS).map((w) => el("button", {
-      type: "button", class: "plain", "aria-pressed": String(w === windowName),
-      onclick: () => { location.hash = `#/conflicts?window=${w}`; },
+      type: "button", class: "plain", "aria-pressed": String(w === name),
+      onclick: () => { location.hash = `#/${pageName}?window=${w}`; },
     }, `Last ${w}`)),
+    more);
+  return { start, end, toolbar };
+}
+
+async function conflictsPage(page, query) {
+  const { start, end, toolbar } = timeWindow("conflicts", query,
     el("span", { class: "muted" }, "409-class refusals: ALREADY_EXISTS, ABORTED, FAILED_PRECONDITION"));
   page.replaceChildren(el("h2", {}, "Conflicts"), toolbar, el("p", { class: "muted" }, "Loading…"));
   const stats = await api(`/v1/${parent()}/conflictStats`, {
@@ -341,14 +348,7 @@ function duration(d) {
 }
 
 async function policiesPage(page, query) {
-  const windowName = WINDOWS[query.get("window")] ? query.get("window") : "hour";
-  const end = new Date();
-  const start = new Date(end.getTime() - WINDOWS[windowName] * 1000);
-  const toolbar = el("div", { class: "toolbar" },
-    Object.keys(WINDOWS).map((w) => el("button", {
-      type: "button", class: "plain", "aria-pressed": String(w === windowName),
-      onclick: () => { location.hash = `#/policies?window=${w}`; },
-    }, `Last ${w}`)));
+  const { start, end, toolbar } = timeWindow("policies", query);
   page.replaceChildren(el("h2", {}, "Policies"), toolbar, el("p", { class: "muted" }, "Loading…"));
   const stats = await api(`/v1/${parent()}/policyStats`, { startTime: start.toISOString(), endTime: end.toISOString() });
   // The tenant's policies, also those not evaluated in the window, for

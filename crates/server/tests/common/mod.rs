@@ -420,3 +420,21 @@ impl tonic::codec::Decoder for RawCodec {
         Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
     }
 }
+
+/// Binds vm-guard to the VMs of `tenant` as policy `id` (as root).
+pub async fn bind_vm_guard(server: &TestServer, tenant: &str, id: &str) {
+    server
+        .policies("root")
+        .create_policy(arbiter_api::v1::CreatePolicyRequest {
+            parent: format!("tenants/{tenant}"),
+            policy_id: id.into(),
+            policy: Some(arbiter_api::v1::Policy {
+                kinds: vec!["vm".into()],
+                module: arbiter_test_guests::read(arbiter_test_guests::VM_GUARD),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
