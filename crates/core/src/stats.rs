@@ -46,8 +46,8 @@ const MAX_RESOURCES: usize = 1000;
 /// Resources and latest refusals kept per stored record.
 const KEPT_RESOURCES: usize = 50;
 const KEPT_RECENT: usize = 20;
-/// Periods (tenant, minute/hour/day) counted at once in memory; refusals
-/// of tenants beyond are dropped (and counted in
+/// Periods (tenant, minute/hour/day) counted at once in memory; what
+/// would need more is dropped (and counted in
 /// `arbiter_conflict_stats_dropped_total`).
 const MAX_PERIODS: usize = 30_000;
 /// Most tenants one `tenants/-` request adds up; past it the answer is
@@ -223,6 +223,8 @@ struct Totals {
     resources: HashMap<String, ResourceTally>,
     recent: VecDeque<EventRecord>,
     policies: HashMap<String, PolicyTally>,
+    /// Changed since the last flush.
+    dirty: bool,
 }
 
 impl Totals {
@@ -314,14 +316,26 @@ impl Totals {
     }
 }
 
-/// (grain, tenant, period start in Unix seconds)
-type PeriodKey = (Grain, String, i64);
+/// (grain, period start in Unix seconds)
+type Period = (Grain, i64);
 
+/// What this replica counted and has not forgotten: by tenant, so that
+/// counting (on every refusal and evaluation) looks a tenant up without
+/// allocating.
 #[derive(Debug, Default)]
 struct Pending {
-    periods: HashMap<PeriodKey, Totals>,
-    /// Periods changed since the last flush.
-    dirty: HashSet<PeriodKey>,
+    tenants: HashMap<String, HashMap<Period, Totals>>,
+    /// Periods in all tenants.
+    count: usize,
+}
+
+impl Pending {
+    /// Every (tenant, period, totals).
+    fn periods(&self) -> impl Iterator<Item = (&str, Period, &Totals)> {
+        self.tenants
+            .iter()
+            .flat_map(|(tenant, periods)| periods.iter().map(move |(p, t)| (tenant.as_str(), *p, t)))
+    }
 }
 
 /// Counts refusals and keeps them in the store.
@@ -400,12 +414,12 @@ impl ConflictCounter {
             return;
         };
         self.tally(tenant, now_unix_ms(), |totals| {
-            if totals.policies.len() < MAX_POLICIES || totals.policies.contains_key(policy) {
-                totals
-                    .policies
-                    .entry(policy.to_string())
-                    .or_default()
-                    .add(outcome, took);
+            if let Some(tally) = totals.policies.get_mut(policy) {
+                tally.add(outcome, took);
+            } else if totals.policies.len() < MAX_POLICIES {
+                let mut tally = PolicyTally::default();
+                tally.add(outcome, took);
+                totals.policies.insert(policy.to_string(), tally);
             }
         });
     }
@@ -416,60 +430,74 @@ impl ConflictCounter {
         if check_id(tenant).is_err() {
             return;
         }
-        let periods = Grain::ALL.map(|grain| {
-            let start = (now_ms / 1000).div_euclid(grain.seconds()) * grain.seconds();
-            (grain, tenant.to_string(), start)
-        });
         let mut pending = self.lock();
-        let fresh = periods
-            .iter()
-            .filter(|p| !pending.periods.contains_key(*p))
-            .count();
-        if pending.periods.len() + fresh > MAX_PERIODS {
-            metrics::counter!("arbiter_conflict_stats_dropped_total").increment(1);
-            return;
-        }
-        for period in periods {
-            add(pending.periods.entry(period.clone()).or_default());
-            pending.dirty.insert(period);
+        let Pending { tenants, count } = &mut *pending;
+        let periods = match tenants.get_mut(tenant) {
+            Some(periods) => periods,
+            None => tenants.entry(tenant.to_string()).or_default(),
+        };
+        for grain in Grain::ALL {
+            let start = (now_ms / 1000).div_euclid(grain.seconds()) * grain.seconds();
+            let totals = match periods.get_mut(&(grain, start)) {
+                Some(totals) => totals,
+                None if *count >= MAX_PERIODS => {
+                    metrics::counter!("arbiter_conflict_stats_dropped_total").increment(1);
+                    continue;
+                }
+                None => {
+                    *count += 1;
+                    periods.entry((grain, start)).or_default()
+                }
+            };
+            add(totals);
+            totals.dirty = true;
         }
     }
 
     /// Writes every period counted since the last flush, and forgets
     /// periods that ended and are written.
     async fn flush<S: Store>(&self, store: &S) -> Result<(), Error> {
-        let (records, dirty) = {
+        let (records, written) = {
             let mut pending = self.lock();
-            let dirty: Vec<PeriodKey> = pending.dirty.drain().collect();
-            let records: Vec<(Vec<u8>, Vec<u8>)> = dirty
-                .iter()
-                .filter_map(|period| {
-                    let totals = pending.periods.get(period)?;
-                    let (grain, tenant, start) = period;
-                    Some((
+            let mut records = Vec::new();
+            let mut written = Vec::new();
+            for (tenant, periods) in &mut pending.tenants {
+                for ((grain, start), totals) in periods.iter_mut().filter(|(_, t)| t.dirty) {
+                    totals.dirty = false;
+                    records.push((
                         key(*grain, tenant, *start, &self.replica),
                         totals.record().encode_to_vec(),
-                    ))
-                })
-                .collect();
-            (records, dirty)
+                    ));
+                    written.push((tenant.clone(), (*grain, *start)));
+                }
+            }
+            (records, written)
         };
         if !records.is_empty()
             && let Err(e) = store.put_stats(records).await
         {
             // Written at the next flush.
-            self.lock().dirty.extend(dirty);
+            let mut pending = self.lock();
+            for (tenant, period) in written {
+                if let Some(totals) = pending.tenants.get_mut(&tenant).and_then(|p| p.get_mut(&period)) {
+                    totals.dirty = true;
+                }
+            }
             return Err(Error::storage("writing conflict statistics", e));
         }
         let now_s = now_unix_ms() / 1000;
         let mut pending = self.lock();
-        let Pending { periods, dirty } = &mut *pending;
+        let Pending { tenants, count } = &mut *pending;
         // A period is kept one more of its widths after it ends, for
         // refusals counted late.
-        periods.retain(|period, _| {
-            let (grain, _, start) = period;
-            dirty.contains(period) || start + 2 * grain.seconds() > now_s
-        });
+        for periods in tenants.values_mut() {
+            periods.retain(|(grain, start), totals| {
+                let keep = totals.dirty || start + 2 * grain.seconds() > now_s;
+                *count -= usize::from(!keep);
+                keep
+            });
+        }
+        tenants.retain(|_, periods| !periods.is_empty());
         Ok(())
     }
 
@@ -741,10 +769,13 @@ impl<S: Store> Engine<S> {
         }
         let counter = &self.conflicts;
         let pending = counter.lock();
-        for ((grain, tenant, start), totals) in &pending.periods {
+        for (tenant, (grain, start), totals) in pending.periods() {
             let wanted = span.tenant.as_ref().is_none_or(|t| t == tenant);
-            if *grain == span.grain && wanted && (span.start..span.end).contains(start) {
-                records.insert((tenant.clone(), *start, counter.replica.clone()), totals.record());
+            if grain == span.grain && wanted && (span.start..span.end).contains(&start) {
+                records.insert(
+                    (tenant.to_string(), start, counter.replica.clone()),
+                    totals.record(),
+                );
             }
         }
         Ok((records, truncated))
@@ -773,9 +804,9 @@ impl<S: Store> Engine<S> {
             tenants.push(tenant);
         }
         let mut seen: HashSet<String> = tenants.iter().cloned().collect();
-        for (g, tenant, _) in self.conflicts.lock().periods.keys() {
-            if *g == grain && seen.insert(tenant.clone()) {
-                tenants.push(tenant.clone());
+        for (tenant, (g, _), _) in self.conflicts.lock().periods() {
+            if g == grain && seen.insert(tenant.to_string()) {
+                tenants.push(tenant.to_string());
             }
         }
         Ok((tenants, false))
@@ -1006,6 +1037,57 @@ mod tests {
         assert!(key(Grain::Minute, "acme0", 0, "r0") > end);
         assert!(key(Grain::Minute, "acme-2", 999_999, "r9") < a);
         assert_eq!(parse_key(&a), Some(("acme".into(), 60, "r1".into())));
+    }
+
+    #[test]
+    fn memory_is_bounded_by_periods() {
+        let counter = ConflictCounter::new();
+        let root = Caller {
+            principal: "root".into(),
+            tenant: "*".into(),
+            role: crate::auth::Role::Admin,
+        };
+        let tenants: Vec<String> = (0..MAX_PERIODS / 3 + 1).map(|i| format!("t{i}")).collect();
+        for tenant in &tenants {
+            let refusal = Refusal {
+                tenant,
+                collection: "vms",
+                method: "CreateVirtualMachine",
+                resource: "",
+                reason: "RESOURCE_EXISTS",
+                code: "ALREADY_EXISTS",
+            };
+            counter.count(&root, &refusal);
+            counter.count(&root, &refusal);
+        }
+        let pending = counter.lock();
+        assert_eq!(pending.count, MAX_PERIODS);
+        assert_eq!(pending.periods().count(), MAX_PERIODS);
+        let first = &pending.tenants["t0"];
+        assert!(
+            first
+                .values()
+                .all(|t| t.dirty && t.counts.values().sum::<i64>() == 2)
+        );
+        assert!(pending.tenants[tenants.last().unwrap().as_str()].is_empty());
+        // A caller of one tenant counts in that tenant only.
+        drop(pending);
+        let acme = Caller {
+            tenant: "acme".into(),
+            ..root
+        };
+        counter.count(
+            &acme,
+            &Refusal {
+                tenant: "globex",
+                collection: "",
+                method: "GetVirtualMachine",
+                resource: "",
+                reason: "TENANT_FORBIDDEN",
+                code: "PERMISSION_DENIED",
+            },
+        );
+        assert!(!counter.lock().tenants.contains_key("globex"));
     }
 
     #[test]

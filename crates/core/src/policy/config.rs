@@ -100,10 +100,14 @@ pub const MAX_SETTINGS_BYTES: usize = 64 << 10;
 /// Smallest memory limit a policy may set.
 const MIN_MEMORY: u64 = 1 << 20;
 
+/// One policy's evaluations: outcome → (count, total time).
+type Outcomes = BTreeMap<Outcome, (u64, Duration)>;
+
 /// How evaluations ended, per policy: for logs, tests and metrics.
 #[derive(Debug, Default)]
 pub struct PolicyStats {
-    counts: Mutex<BTreeMap<(String, Outcome), (u64, Duration)>>,
+    /// policy → outcome → (count, total time)
+    counts: Mutex<BTreeMap<String, Outcomes>>,
 }
 
 /// How one evaluation ended.
@@ -149,7 +153,12 @@ impl PolicyStats {
         metrics::counter!("arbiter_policy_evaluations_total", "result" => outcome.as_str()).increment(1);
         metrics::histogram!("arbiter_policy_evaluation_seconds").record(took.as_secs_f64());
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = counts.entry((policy.to_string(), outcome)).or_default();
+        // Looked up by reference: no allocation per evaluation.
+        let outcomes = match counts.get_mut(policy) {
+            Some(outcomes) => outcomes,
+            None => counts.entry(policy.to_string()).or_default(),
+        };
+        let entry = outcomes.entry(outcome).or_default();
         entry.0 += 1;
         entry.1 += took;
     }
@@ -157,7 +166,10 @@ impl PolicyStats {
     /// How often `policy` ended with `outcome`.
     pub fn count(&self, policy: &str, outcome: Outcome) -> u64 {
         let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        counts.get(&(policy.to_string(), outcome)).map_or(0, |c| c.0)
+        counts
+            .get(policy)
+            .and_then(|outcomes| outcomes.get(&outcome))
+            .map_or(0, |c| c.0)
     }
 
     /// Every (policy, outcome, count, total time), in policy order.
@@ -165,7 +177,7 @@ impl PolicyStats {
         let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         counts
             .iter()
-            .map(|((p, o), (n, t))| (p.clone(), *o, *n, *t))
+            .flat_map(|(p, outcomes)| outcomes.iter().map(|(o, (n, t))| (p.clone(), *o, *n, *t)))
             .collect()
     }
 }
