@@ -27,11 +27,14 @@ pub struct Member {
     pub client_url: String,
     pub peer_url: String,
     child: Option<Child>,
-    /// Kills `child` when this process ends however it ends (even without
-    /// dropping the member, as a `static` never is): a shell that waits
-    /// for end-of-file on its stdin, whose other end only we hold.
+    /// Kills `child` and deletes its data when this process ends however
+    /// it ends (even without dropping the member, as a `static` never is):
+    /// a shell that waits for end-of-file on its stdin, whose other end
+    /// only we hold.
     watchdog: Option<Child>,
     args: Vec<String>,
+    /// The member's data dir, inside the cluster's temporary dir.
+    data: std::path::PathBuf,
 }
 
 impl Member {
@@ -43,9 +46,22 @@ impl Member {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start etcd ({}): {e}; install etcd-server", binary()));
+        // After the kill it waits for etcd to be gone, then deletes the
+        // member's data and, once the last member's is gone, the cluster's
+        // dir (a cluster's TempDir would do it on drop, a static's never).
+        let script = "read _ignored; kill -9 \"$1\" 2>/dev/null; \
+            while kill -0 \"$1\" 2>/dev/null; do sleep 0.05; done; \
+            rm -rf \"$2\"; rmdir \"$3\" 2>/dev/null";
+        let parent = self
+            .data
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         let watchdog = Command::new("sh")
-            .args(["-c", "read _ignored; kill -9 \"$1\" 2>/dev/null", "sh"])
+            .args(["-c", script, "sh"])
             .arg(child.id().to_string())
+            .arg(self.data.display().to_string())
+            .arg(parent)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -104,6 +120,7 @@ impl Etcd {
                 child: None,
                 watchdog: None,
                 args: Vec::new(),
+                data: dir.path().join(format!("m{i}")),
             })
             .collect();
         let initial: Vec<String> = members
@@ -112,7 +129,7 @@ impl Etcd {
             .collect();
         let initial = initial.join(",");
         for m in &mut members {
-            let data = dir.path().join(&m.name);
+            let data = m.data.clone();
             m.args = vec![
                 "--name".into(),
                 m.name.clone(),
