@@ -12,6 +12,7 @@ cd "$(dirname "$0")/../.."
 
 source scripts/apt.sh
 command -v chromium >/dev/null 2>&1 || apt_install "the console's end-to-end test drives it" chromium
+command -v npm >/dev/null 2>&1 || apt_install "the console's end-to-end test runs on Node.js" nodejs npm
 # playwright-core as the lockfile pins it, outside the clone.
 deps="${ARBITER_CONSOLE_DEPS:-$HOME/.cache/arbiter-tools/console-e2e}"
 if ! cmp -s tests/e2e/console/package-lock.json "$deps/package-lock.json" ||
