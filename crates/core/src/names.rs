@@ -81,6 +81,21 @@ pub fn unique_key(tenant: &str, kind: &Kind, field: &str, normalized: &str) -> V
     format!("{tenant}/{}/{field}/{normalized}", kind.collection).into_bytes()
 }
 
+/// The tenant a resource or parent name (`tenants/{tenant}/...`) names;
+/// "" for a name that names none. Not validated.
+pub fn tenant_of(name: &str) -> &str {
+    name.strip_prefix("tenants/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default()
+}
+
+/// The collection segment of a resource name
+/// (`tenants/{tenant}/{collection}/{id}`); "" when it has none. Not
+/// validated.
+pub fn collection_of(name: &str) -> &str {
+    name.split('/').nth(2).unwrap_or_default()
+}
+
 /// The full name of the object stored under `key`.
 pub fn name_of_key(key: &[u8]) -> String {
     format!("tenants/{}", String::from_utf8_lossy(key))

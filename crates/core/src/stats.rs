@@ -26,6 +26,7 @@ use crate::access::Access;
 use crate::auth::Caller;
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::names::{collection_of, tenant_of};
 use crate::policy::Outcome;
 use crate::validate::check_id;
 
@@ -365,6 +366,26 @@ fn tenant_end(grain: Grain, tenant: &str) -> Vec<u8> {
     format!("{}/{tenant}0", grain.tag()).into_bytes()
 }
 
+/// The first key of `grain`'s records.
+fn grain_start(grain: Grain) -> Vec<u8> {
+    format!("{}/", grain.tag()).into_bytes()
+}
+
+/// The first tenant with records in `grain` from key `from` on: one store
+/// read, which jumps over every record of the tenants before.
+async fn next_tenant<S: Store>(store: &S, grain: Grain, from: &[u8]) -> Result<Option<String>, Error> {
+    // '0' follows '/': the first key after every key of the grain.
+    let end = format!("{}0", grain.tag()).into_bytes();
+    let first = store
+        .scan_stats(from, &end, 1)
+        .await
+        .map_err(|e| Error::storage("reading statistics", e))?;
+    Ok(first
+        .first()
+        .and_then(|(k, _)| parse_key(k))
+        .map(|(tenant, _, _)| tenant))
+}
+
 /// Splits a record key into (tenant, period start, replica).
 fn parse_key(key: &[u8]) -> Option<(String, i64, String)> {
     let text = std::str::from_utf8(key).ok()?;
@@ -407,13 +428,7 @@ impl ConflictCounter {
     /// Counts an evaluation of `policy` (its full name) that ended with
     /// `outcome` after `took`.
     pub fn evaluated(&self, policy: &str, outcome: &'static str, took: Duration) {
-        let Some(tenant) = policy
-            .strip_prefix("tenants/")
-            .and_then(|rest| rest.split('/').next())
-        else {
-            return;
-        };
-        self.tally(tenant, now_unix_ms(), |totals| {
+        self.tally(tenant_of(policy), now_unix_ms(), |totals| {
             if let Some(tally) = totals.policies.get_mut(policy) {
                 tally.add(outcome, took);
             } else if totals.policies.len() < MAX_POLICIES {
@@ -505,16 +520,8 @@ impl ConflictCounter {
     async fn prune<S: Store>(&self, store: &S) -> Result<(), Error> {
         let cutoff = (now_unix_ms() / 1000).saturating_sub(RETENTION.as_secs() as i64);
         for grain in Grain::ALL {
-            let mut from = format!("{}/", grain.tag()).into_bytes();
-            let end = format!("{}0", grain.tag()).into_bytes();
-            loop {
-                let first = store
-                    .scan_stats(&from, &end, 1)
-                    .await
-                    .map_err(|e| Error::storage("reading conflict statistics", e))?;
-                let Some((tenant, _, _)) = first.first().and_then(|(k, _)| parse_key(k)) else {
-                    break;
-                };
+            let mut from = grain_start(grain);
+            while let Some(tenant) = next_tenant(store, grain, &from).await? {
                 let old_from = format!("{}/{tenant}/", grain.tag()).into_bytes();
                 let old_to = key(grain, &tenant, cutoff, "");
                 store
@@ -696,11 +703,6 @@ fn buckets(grain: Grain, start: i64, end: i64) -> i64 {
     (end + width - 1).div_euclid(width) - start.div_euclid(width)
 }
 
-/// The collection of a resource name, `tenants/{t}/{collection}/...`.
-fn collection_of(name: &str) -> &str {
-    name.split('/').nth(2).unwrap_or_default()
-}
-
 impl<S: Store> Engine<S> {
     /// The statistics of refused requests over a window
     /// (`GetConflictStats`).
@@ -786,20 +788,11 @@ impl<S: Store> Engine<S> {
     /// more.
     async fn stats_tenants(&self, grain: Grain) -> Result<(Vec<String>, bool), Error> {
         let mut tenants = Vec::new();
-        let mut from = format!("{}/", grain.tag()).into_bytes();
-        let end = format!("{}0", grain.tag()).into_bytes();
-        loop {
+        let mut from = grain_start(grain);
+        while let Some(tenant) = next_tenant(&*self.store, grain, &from).await? {
             if tenants.len() == MAX_TENANTS_LISTED {
                 return Ok((tenants, true));
             }
-            let first = self
-                .store
-                .scan_stats(&from, &end, 1)
-                .await
-                .map_err(|e| Error::storage("reading conflict statistics", e))?;
-            let Some((tenant, _, _)) = first.first().and_then(|(k, _)| parse_key(k)) else {
-                break;
-            };
             from = tenant_end(grain, &tenant);
             tenants.push(tenant);
         }

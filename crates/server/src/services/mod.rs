@@ -12,6 +12,7 @@ use arbiter_api::v1::{
     policies_server::Policies, prompts_server::Prompts, users_server::Users,
     virtual_machines_server::VirtualMachines, *,
 };
+use arbiter_core::names::{collection_of, tenant_of};
 use arbiter_core::stats::Refusal;
 use arbiter_core::warnings::collect;
 use arbiter_core::{
@@ -145,9 +146,7 @@ impl<S> Api<S> {
         }
         let method = method_name(asked.method);
         let collection = match asked.collection {
-            "" => resource
-                .split('/')
-                .nth(2)
+            "" => Some(collection_of(resource))
                 .filter(|c| arbiter_core::changes::kind_of_collection(c).is_some())
                 .unwrap_or_default(),
             known => known,
@@ -209,14 +208,6 @@ impl Asked {
             collection: R::KIND.collection,
         }
     }
-}
-
-/// The tenant of a resource or parent name.
-fn tenant_of(resource: &str) -> &str {
-    resource
-        .strip_prefix("tenants/")
-        .and_then(|r| r.split('/').next())
-        .unwrap_or_default()
 }
 
 /// `update_virtual_machine` as its RPC is named, `UpdateVirtualMachine`.
