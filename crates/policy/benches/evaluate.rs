@@ -10,6 +10,10 @@ use arbiter_core::policy::{Input, Limits, Object, Operation, Verdict};
 use arbiter_policy::{Host, HostConfig};
 use criterion::{Criterion, criterion_group, criterion_main};
 
+/// The server's allocator, so that the numbers are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn vm(state: &str, labels: &[(&str, &str)]) -> Object {
     Object {
         kind: "vm".into(),

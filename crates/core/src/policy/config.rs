@@ -1,7 +1,7 @@
 //! Server-wide policy settings, and the counts of how evaluations ended.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use arbiter_api::v1::Policy;
@@ -108,6 +108,22 @@ type Outcomes = BTreeMap<Outcome, (u64, Duration)>;
 pub struct PolicyStats {
     /// policy → outcome → (count, total time)
     counts: Mutex<BTreeMap<String, Outcomes>>,
+    /// The metrics' handles, looked up once rather than per evaluation
+    /// (at the first evaluation, when the recorder is in place).
+    metrics: OnceLock<Metrics>,
+}
+
+/// `arbiter_policy_evaluations_total` by outcome, and
+/// `arbiter_policy_evaluation_seconds`.
+struct Metrics {
+    evaluations: [metrics::Counter; Outcome::ALL.len()],
+    seconds: metrics::Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
 }
 
 /// How one evaluation ended.
@@ -131,6 +147,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in the order of their discriminants.
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Allow,
+        Outcome::Deny,
+        Outcome::AuditDeny,
+        Outcome::Warn,
+        Outcome::Fault,
+        Outcome::FaultIgnored,
+        Outcome::Busy,
+    ];
+
     /// The name used in logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -150,8 +177,16 @@ impl PolicyStats {
         // No policy name in the labels: `/metrics` is open to anyone who can
         // reach it and must not list tenants or their policies (the counts
         // per policy are below, for the API).
-        metrics::counter!("arbiter_policy_evaluations_total", "result" => outcome.as_str()).increment(1);
-        metrics::histogram!("arbiter_policy_evaluation_seconds").record(took.as_secs_f64());
+        let metrics = self.metrics.get_or_init(|| Metrics {
+            evaluations: Outcome::ALL.map(
+                |outcome| metrics::counter!("arbiter_policy_evaluations_total", "result" => outcome.as_str()),
+            ),
+            seconds: metrics::histogram!("arbiter_policy_evaluation_seconds"),
+        });
+        if let Some(counter) = metrics.evaluations.get(outcome as usize) {
+            counter.increment(1);
+        }
+        metrics.seconds.record(took.as_secs_f64());
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         // Looked up by reference: no allocation per evaluation.
         let outcomes = match counts.get_mut(policy) {

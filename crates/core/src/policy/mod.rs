@@ -468,43 +468,99 @@ fn camel(name: &str) -> String {
 /// no descriptor lookups or re-decoding, as every judged write needs it.
 /// Fields at their default values are left out, as proto3 JSON does.
 pub(crate) fn spec_json<R: Resource>(r: &R) -> String {
-    use serde_json::Value;
+    use std::fmt::Write as _;
     let meta = r.meta();
-    let mut out = serde_json::Map::new();
-    let mut text = |key: &str, value: &str| {
+    let mut out = String::with_capacity(256);
+    out.push('{');
+    // Every key is a plain ASCII field name: only values are escaped.
+    let key = |out: &mut String, key: &str| {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(key);
+        out.push_str("\":");
+    };
+    let text = |out: &mut String, name: &str, value: &str| {
         if !value.is_empty() {
-            out.insert(key.to_string(), Value::String(value.to_string()));
+            key(out, name);
+            push_json_string(out, value);
         }
     };
-    text("name", meta.name);
-    text("uid", meta.uid);
-    text("createdBy", meta.created_by);
-    text("updatedBy", meta.updated_by);
+    text(&mut out, "name", meta.name);
+    text(&mut out, "uid", meta.uid);
+    text(&mut out, "createdBy", meta.created_by);
+    text(&mut out, "updatedBy", meta.updated_by);
     for field in R::KIND.fields {
         if let Some(value) = r.field(field.name) {
-            text(&camel(field.name), value);
+            text(&mut out, &camel(field.name), value);
         }
     }
     if !meta.labels.is_empty() {
-        let labels = meta
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        out.insert("labels".into(), Value::Object(labels));
+        key(&mut out, "labels");
+        out.push('{');
+        for (i, (k, v)) in meta.labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_string(&mut out, k);
+            out.push(':');
+            push_json_string(&mut out, v);
+        }
+        out.push('}');
     }
     if meta.state != 0 {
-        out.insert(
-            "state".into(),
-            Value::String(R::KIND.state_name(meta.state).into()),
-        );
+        key(&mut out, "state");
+        push_json_string(&mut out, R::KIND.state_name(meta.state));
     }
-    for (key, time) in [("createTime", meta.create_time), ("updateTime", meta.update_time)] {
-        if let Some(time) = time {
-            out.insert(key.into(), Value::String(time.to_string()));
+    // A create's two times are one: formatted once.
+    let created = meta.create_time.map(|time| format!("\"{time}\""));
+    if let Some(text) = &created {
+        key(&mut out, "createTime");
+        out.push_str(text);
+    }
+    if let Some(time) = meta.update_time {
+        key(&mut out, "updateTime");
+        match &created {
+            Some(text) if meta.create_time == Some(time) => out.push_str(text),
+            // Writing to a String cannot fail.
+            _ => {
+                let _ = write!(out, "\"{time}\"");
+            }
         }
     }
-    Value::Object(out).to_string()
+    out.push('}');
+    out
+}
+
+/// Appends `value` as a JSON string: quoted, with `"`, `\\` and control
+/// characters escaped (RFC 8259, section 7).
+fn push_json_string(out: &mut String, value: &str) {
+    out.push('"');
+    let mut plain = 0;
+    for (i, b) in value.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&value[plain..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        } else {
+            out.push_str(escape);
+        }
+        plain = i + 1;
+    }
+    out.push_str(&value[plain..]);
+    out.push('"');
 }
 
 #[cfg(test)]
@@ -530,7 +586,11 @@ mod tests {
         same(VirtualMachine {
             name: "tenants/acme/vms/web-1".into(),
             uid: "u-1".into(),
-            labels: [("env".to_string(), "prod \"quoted\" é".to_string())].into(),
+            labels: [
+                ("env".to_string(), "prod \"quoted\" é".to_string()),
+                ("note".to_string(), "a\\b\u{1}\u{1f}\r\n\t".to_string()),
+            ]
+            .into(),
             state: 2,
             etag: "\"2a\"".into(),
             create_time: time(1_764_000_000, 0),
@@ -558,6 +618,13 @@ mod tests {
             description: "d".into(),
             state: 3,
             create_time: time(1_764_000_000, 1_000),
+            ..Default::default()
+        });
+        // A create: both times the same.
+        same(VirtualMachine {
+            name: "tenants/acme/vms/db".into(),
+            create_time: time(1_764_000_002, 5),
+            update_time: time(1_764_000_002, 5),
             ..Default::default()
         });
     }
