@@ -221,6 +221,14 @@ impl PolicyStats {
 mod tests {
     use super::*;
 
+    /// The metrics index their counters by discriminant.
+    #[test]
+    fn every_outcome_sits_at_its_discriminant() {
+        for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
+            assert_eq!(outcome as usize, i, "{outcome:?}");
+        }
+    }
+
     #[test]
     fn limits_default_and_cap() {
         let config = PolicyConfig::default();
