@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use common::process::Process;
-use common::{TestServer, reason};
+use common::{TestServer, metrics_text, reason};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -146,16 +146,10 @@ async fn only_admins_send_upload_sized_bodies() {
 }
 
 /// The `/metrics` lines, without comments.
-async fn series(client: &reqwest::Client, base: &str) -> Vec<String> {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
+async fn series(base: &str) -> Vec<String> {
+    metrics_text(base)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .filter_map(|l| l.rsplit_once(' ').map(|(name, _)| name.to_string()))
         .collect()
@@ -205,7 +199,7 @@ async fn made_up_methods_and_paths_add_no_metric_series() {
     // Other tests of this binary add series of their own at the same time:
     // what counts is that no made-up value became a label, and that the
     // series of unknown methods are a fixed handful however many came.
-    let after = series(&client, &base).await;
+    let after = series(&base).await;
     let leaked: Vec<&String> = after
         .iter()
         .filter(|s| ["Made", "MADEUP", "Warm", "WARM"].iter().any(|m| s.contains(m)))

@@ -79,12 +79,7 @@ async fn measure_b(channel: &tonic::transport::Channel, phase: &str) -> u64 {
 
 /// `arbiter_policy_evaluations_total{result}` from `/metrics`.
 async fn evaluations(base: &str, result: &str) -> u64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(base).await;
     let series = format!("arbiter_policy_evaluations_total{{result=\"{result}\"}}");
     text.lines()
         .find_map(|l| l.strip_prefix(&series))

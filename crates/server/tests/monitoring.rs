@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use arbiter_api::v1::WatchChangesRequest;
 use arbiter_server::limits::RateLimitRule;
-use common::{TestServer, create_vm};
+use common::{TestServer, create_vm, metrics_text};
 
 const DASHBOARD: &str = include_str!("../../../deploy/kubernetes/monitoring/grafana/arbiter-dashboard.json");
 const ALERTS: &str = include_str!("../../../deploy/kubernetes/monitoring/prometheus/arbiter-alerts.yaml");
@@ -108,14 +108,7 @@ async fn the_dashboard_and_the_alerts_query_exported_metrics() {
         }
     }
     assert!(limited, "globex's rate limit never refused a request");
-    let text = http
-        .get(format!("{}/metrics", server.http_base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&server.http_base()).await;
     let exported: BTreeSet<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -100,13 +100,13 @@ pub const MAX_SETTINGS_BYTES: usize = 64 << 10;
 /// Smallest memory limit a policy may set.
 const MIN_MEMORY: u64 = 1 << 20;
 
-/// One policy's evaluations: outcome → (count, total time).
-type Outcomes = BTreeMap<Outcome, (u64, Duration)>;
+/// One policy's evaluations: outcome → count.
+type Outcomes = BTreeMap<Outcome, u64>;
 
 /// How evaluations ended, per policy: for logs, tests and metrics.
 #[derive(Debug, Default)]
 pub struct PolicyStats {
-    /// policy → outcome → (count, total time)
+    /// policy → outcome → count
     counts: Mutex<BTreeMap<String, Outcomes>>,
     /// The metrics' handles, looked up once rather than per evaluation
     /// (at the first evaluation, when the recorder is in place).
@@ -193,9 +193,7 @@ impl PolicyStats {
             Some(outcomes) => outcomes,
             None => counts.entry(policy.to_string()).or_default(),
         };
-        let entry = outcomes.entry(outcome).or_default();
-        entry.0 += 1;
-        entry.1 += took;
+        *outcomes.entry(outcome).or_default() += 1;
     }
 
     /// How often `policy` ended with `outcome`.
@@ -204,16 +202,8 @@ impl PolicyStats {
         counts
             .get(policy)
             .and_then(|outcomes| outcomes.get(&outcome))
-            .map_or(0, |c| c.0)
-    }
-
-    /// Every (policy, outcome, count, total time), in policy order.
-    pub fn snapshot(&self) -> Vec<(String, Outcome, u64, Duration)> {
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        counts
-            .iter()
-            .flat_map(|(p, outcomes)| outcomes.iter().map(|(o, (n, t))| (p.clone(), *o, *n, *t)))
-            .collect()
+            .copied()
+            .unwrap_or(0)
     }
 }
 

@@ -438,3 +438,13 @@ pub async fn bind_vm_guard(server: &TestServer, tenant: &str, id: &str) {
         .await
         .unwrap();
 }
+
+/// The text of a server's `/metrics`, from its HTTP base address.
+pub async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
