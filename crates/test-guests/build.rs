@@ -55,8 +55,9 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Runs `cargo build` for a guest workspace with none of the outer build's
-/// settings (flags, wrappers such as clippy's, target dir) leaking in.
+/// Runs `cargo build` for a guest workspace with its own settings and none
+/// of the outer build's (flags, wrappers such as clippy's, target dir)
+/// leaking in.
 fn cargo_build(manifest: &Path, target: &Path) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -78,6 +79,9 @@ fn cargo_build(manifest: &Path, target: &Path) -> Result<()> {
             "--manifest-path",
         ])
         .arg(manifest)
+        // From the workspace's own directory, so that its
+        // `.cargo/config.toml` (the policies' stack size) applies.
+        .current_dir(manifest.parent().unwrap_or(manifest))
         .env("CARGO_TARGET_DIR", target)
         .status()?;
     if !status.success() {

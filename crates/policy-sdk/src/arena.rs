@@ -7,6 +7,9 @@
 //! The arena lives in `.bss`, inside the module's initial memory, so a
 //! typical evaluation never grows memory: growing costs the host a system
 //! call, and is what made allocation the largest part of an evaluation.
+//! It is no larger than a typical evaluation needs, because the host
+//! resets the whole initial memory after every evaluation, and the reset
+//! costs more the larger the memory is.
 #![allow(unsafe_code)]
 
 use core::alloc::{GlobalAlloc, Layout};
@@ -14,7 +17,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bytes of the static arena.
-const ARENA: usize = 1 << 20;
+const ARENA: usize = 256 << 10;
 /// Pages (64 KiB) grown at a time once the arena is full.
 const GROW_PAGES: usize = 16;
 const PAGE: usize = 65536;
