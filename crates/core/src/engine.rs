@@ -23,7 +23,7 @@ use crate::idempotency::Inflight;
 use crate::kind::Resource;
 use crate::names::{self, Name};
 use crate::page;
-use crate::policy::{Policies, PolicyConfig, PolicyRuntime, PolicyStats};
+use crate::policy::{Policies, PolicyConfig, PolicyRuntime};
 use crate::quota::Quotas;
 use crate::requests::{ListPage, ListRequest, RequestId};
 
@@ -149,11 +149,6 @@ impl<S: Store> Engine<S> {
             policies,
             conflicts,
         }
-    }
-
-    /// How policy evaluations ended.
-    pub fn policy_stats(&self) -> &PolicyStats {
-        &self.policies.stats
     }
 
     /// The store underneath.

@@ -54,7 +54,7 @@ pub use error::{Current, Error, FieldViolation};
 pub use kind::{Kind, Resource};
 pub use policy::{
     Denial, DenialKind, Fault, FaultKind, Input, Limits, LoadError, Object, Operation, Outcome, PolicyConfig,
-    PolicyRuntime, PolicyStats, Verdict,
+    PolicyRuntime, Verdict,
 };
 pub use quota::{QuotaRule, Quotas};
 pub use requests::{

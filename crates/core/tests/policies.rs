@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use arbiter_api::v1::{Policy, VirtualMachine, policy};
+use arbiter_api::v1::{GetPolicyStatsRequest, Policy, PolicyEvaluationCounts, VirtualMachine, policy};
 use arbiter_core::policy::{
-    BoxFuture, Call, Denial, DenialKind, Fault, FaultKind, Input, Limits, LoadError, Outcome, Verdict,
+    BoxFuture, Call, Denial, DenialKind, Fault, FaultKind, Input, Limits, LoadError, Verdict,
 };
 use arbiter_core::{Caller, CreateRequest, Engine, EngineConfig, Error, PolicyRuntime, RequestId, Role};
 use arbiter_store::{RocksOptions, RocksStore};
@@ -154,6 +154,27 @@ async fn create_vm(engine: &Engine<RocksStore>, tenant: &str, id: &str) -> Resul
 
 use policy::{FailurePolicy as F, Mode as M};
 
+/// How the evaluations of tenant acme's policy `id` ended, as
+/// `GetPolicyStats` reports them.
+async fn evaluations(engine: &Engine<RocksStore>, id: &str) -> PolicyEvaluationCounts {
+    let stats = engine
+        .policy_evaluation_stats(
+            &admin(),
+            GetPolicyStatsRequest {
+                parent: "tenants/acme".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let name = format!("tenants/acme/policies/{id}");
+    stats
+        .policies
+        .into_iter()
+        .find(|p| p.policy == name)
+        .unwrap_or_default()
+}
+
 #[tokio::test]
 async fn audit_denials_and_ignored_faults_are_counted_and_never_block() {
     let (_dir, _, engine) = setup();
@@ -163,20 +184,11 @@ async fn audit_denials_and_ignored_faults_are_counted_and_never_block() {
     add(&engine, "allow", "allow", M::Enforce, F::FailClosed).await;
     create_vm(&engine, "acme", "web-1").await.unwrap();
     create_vm(&engine, "acme", "web-2").await.unwrap();
-    let stats = engine.policy_stats();
-    assert_eq!(
-        stats.count("tenants/acme/policies/audit-deny", Outcome::AuditDeny),
-        2
-    );
-    assert_eq!(
-        stats.count("tenants/acme/policies/audit-fault", Outcome::FaultIgnored),
-        2
-    );
-    assert_eq!(
-        stats.count("tenants/acme/policies/open-fault", Outcome::FaultIgnored),
-        2
-    );
-    assert_eq!(stats.count("tenants/acme/policies/allow", Outcome::Allow), 2);
+    assert_eq!(evaluations(&engine, "audit-deny").await.audit_denied, 2);
+    assert_eq!(evaluations(&engine, "audit-fault").await.faults_ignored, 2);
+    assert_eq!(evaluations(&engine, "open-fault").await.faults_ignored, 2);
+    let allow = evaluations(&engine, "allow").await;
+    assert_eq!((allow.allowed, allow.evaluations), (2, 2));
 }
 
 #[tokio::test]
@@ -200,9 +212,8 @@ async fn an_enforced_denial_or_a_closed_fault_refuses_and_writes_nothing() {
         }
         other => panic!("{other:?}"),
     }
-    let stats = engine.policy_stats();
-    assert_eq!(stats.count("tenants/acme/policies/a-deny", Outcome::Deny), 1);
-    assert_eq!(stats.count("tenants/acme/policies/b-fault", Outcome::Fault), 2);
+    assert_eq!(evaluations(&engine, "a-deny").await.denied, 1);
+    assert_eq!(evaluations(&engine, "b-fault").await.faulted, 2);
     assert!(
         engine
             .get::<VirtualMachine>(&admin(), "tenants/acme/vms/web-1")

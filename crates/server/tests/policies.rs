@@ -669,15 +669,20 @@ async fn warn_mode_lets_a_denied_change_through_with_a_warning() {
     );
 
     // Counted as would-denials, apart from enforced denials.
-    let engine = &server.running.as_ref().unwrap().engine;
-    let stats = engine.policy_stats();
-    assert_eq!(
-        stats.count("tenants/acme/policies/vm-guard", arbiter_core::Outcome::Warn),
-        3
-    );
-    assert_eq!(
-        stats.count("tenants/acme/policies/vm-guard", arbiter_core::Outcome::Deny),
-        0
-    );
+    let stats = server
+        .stats("acme-viewer")
+        .get_policy_stats(GetPolicyStatsRequest {
+            parent: "tenants/acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let guard = stats
+        .policies
+        .iter()
+        .find(|p| p.policy == "tenants/acme/policies/vm-guard")
+        .unwrap();
+    assert_eq!((guard.warned, guard.denied), (3, 0), "{guard:?}");
     server.stop().await;
 }

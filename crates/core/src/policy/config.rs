@@ -1,7 +1,6 @@
 //! Server-wide policy settings, and the counts of how evaluations ended.
 
-use std::collections::BTreeMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use arbiter_api::v1::Policy;
@@ -100,14 +99,10 @@ pub const MAX_SETTINGS_BYTES: usize = 64 << 10;
 /// Smallest memory limit a policy may set.
 const MIN_MEMORY: u64 = 1 << 20;
 
-/// One policy's evaluations: outcome → count.
-type Outcomes = BTreeMap<Outcome, u64>;
-
-/// How evaluations ended, per policy: for logs, tests and metrics.
+/// The evaluations' Prometheus metrics. The counts per policy are the
+/// engine's statistics (`GetPolicyStats`).
 #[derive(Debug, Default)]
-pub struct PolicyStats {
-    /// policy → outcome → count
-    counts: Mutex<BTreeMap<String, Outcomes>>,
+pub struct EvaluationMetrics {
     /// The metrics' handles, looked up once rather than per evaluation
     /// (at the first evaluation, when the recorder is in place).
     metrics: OnceLock<Metrics>,
@@ -172,11 +167,11 @@ impl Outcome {
     }
 }
 
-impl PolicyStats {
-    pub(crate) fn record(&self, policy: &str, outcome: Outcome, took: Duration) {
+impl EvaluationMetrics {
+    pub(crate) fn record(&self, outcome: Outcome, took: Duration) {
         // No policy name in the labels: `/metrics` is open to anyone who can
         // reach it and must not list tenants or their policies (the counts
-        // per policy are below, for the API).
+        // per policy are in `GetPolicyStats`).
         let metrics = self.metrics.get_or_init(|| Metrics {
             evaluations: Outcome::ALL.map(
                 |outcome| metrics::counter!("arbiter_policy_evaluations_total", "result" => outcome.as_str()),
@@ -187,23 +182,6 @@ impl PolicyStats {
             counter.increment(1);
         }
         metrics.seconds.record(took.as_secs_f64());
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        // Looked up by reference: no allocation per evaluation.
-        let outcomes = match counts.get_mut(policy) {
-            Some(outcomes) => outcomes,
-            None => counts.entry(policy.to_string()).or_default(),
-        };
-        *outcomes.entry(outcome).or_default() += 1;
-    }
-
-    /// How often `policy` ended with `outcome`.
-    pub fn count(&self, policy: &str, outcome: Outcome) -> u64 {
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        counts
-            .get(policy)
-            .and_then(|outcomes| outcomes.get(&outcome))
-            .copied()
-            .unwrap_or(0)
     }
 }
 

@@ -17,7 +17,7 @@ mod config;
 pub(crate) mod verdict;
 
 pub use crate::violation::truncate;
-pub use config::{Outcome, PolicyConfig, PolicyStats};
+pub use config::{EvaluationMetrics, Outcome, PolicyConfig};
 pub use verdict::*;
 
 use std::collections::HashMap;
@@ -148,7 +148,7 @@ pub(crate) struct Policies {
     runtime: Option<Arc<dyn PolicyRuntime>>,
     pub(crate) config: PolicyConfig,
     cache: PolicyCache,
-    pub(crate) stats: PolicyStats,
+    metrics: EvaluationMetrics,
     /// Keeps the evaluations per policy in the store's statistics.
     counter: Arc<crate::stats::ConflictCounter>,
 }
@@ -189,7 +189,7 @@ impl Policies {
             runtime,
             config,
             cache: PolicyCache::default(),
-            stats: PolicyStats::default(),
+            metrics: EvaluationMetrics::default(),
             counter,
         }
     }
@@ -313,7 +313,7 @@ impl Policies {
         let mut refusal = None;
         for (b, (result, took)) in bound.iter().zip(results) {
             let outcome = self.weigh(&b.policy, result, resource, &mut refusal);
-            self.stats.record(&b.policy.name, outcome, took);
+            self.metrics.record(outcome, took);
             self.counter.evaluated(&b.policy.name, outcome.as_str(), took);
         }
         refusal.map_or(Ok(()), Err)
