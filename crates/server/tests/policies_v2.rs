@@ -581,6 +581,10 @@ async fn a_hostile_module_in_a_preview_faults_within_its_limits() {
     vms.create_virtual_machine(labelled("hog", &[("hostile", "memory")]))
         .await
         .unwrap();
+    // Limits small enough that the hog meets its memory limit long before
+    // its time limit, however busy the machine: at the default 16 MiB it
+    // writes 16 MiB first, which on a loaded machine can take it past
+    // 20ms and make it fault on time instead.
     let hostile = Policy {
         kinds: vec!["vm".into()],
         module: guests::read(guests::HOSTILE),
@@ -588,6 +592,7 @@ async fn a_hostile_module_in_a_preview_faults_within_its_limits() {
             seconds: 0,
             nanos: 20_000_000,
         }),
+        memory_limit_bytes: 4 << 20,
         ..Default::default()
     };
     let result = server
