@@ -472,6 +472,18 @@ impl ConflictCounter {
     /// Writes every period counted since the last flush, and forgets
     /// periods that ended and are written.
     async fn flush<S: Store>(&self, store: &S) -> Result<(), Error> {
+        self.flush_with(|records| store.put_stats(records)).await
+    }
+
+    /// [`Self::flush`], writing through `write`. What `write` was given
+    /// stays to be written at the next flush until `write` has succeeded,
+    /// also when this future is dropped mid-write (at shutdown, the task
+    /// that flushes now and then is aborted wherever it is).
+    async fn flush_with<W, F>(&self, write: W) -> Result<(), Error>
+    where
+        W: FnOnce(Vec<(Vec<u8>, Vec<u8>)>) -> F,
+        F: Future<Output = Result<(), arbiter_store::StoreError>>,
+    {
         let (records, written) = {
             let mut pending = self.lock();
             let mut records = Vec::new();
@@ -488,17 +500,15 @@ impl ConflictCounter {
             }
             (records, written)
         };
-        if !records.is_empty()
-            && let Err(e) = store.put_stats(records).await
-        {
-            // Written at the next flush.
-            let mut pending = self.lock();
-            for (tenant, period) in written {
-                if let Some(totals) = pending.tenants.get_mut(&tenant).and_then(|p| p.get_mut(&period)) {
-                    totals.dirty = true;
-                }
-            }
-            return Err(Error::storage("writing conflict statistics", e));
+        if !records.is_empty() {
+            let mut unwritten = Unwritten {
+                counter: self,
+                periods: written,
+            };
+            write(records)
+                .await
+                .map_err(|e| Error::storage("writing conflict statistics", e))?;
+            unwritten.periods.clear();
         }
         let now_s = now_unix_ms() / 1000;
         let mut pending = self.lock();
@@ -1016,6 +1026,27 @@ fn policy_answer(span: &Span, records: Records, truncated: bool) -> PolicyEvalua
     }
 }
 
+/// Periods taken out for a write that has not succeeded (yet): dropped,
+/// it marks them to be written at the next flush again.
+struct Unwritten<'a> {
+    counter: &'a ConflictCounter,
+    periods: Vec<(String, (Grain, i64))>,
+}
+
+impl Drop for Unwritten<'_> {
+    fn drop(&mut self) {
+        if self.periods.is_empty() {
+            return;
+        }
+        let mut pending = self.counter.lock();
+        for (tenant, period) in self.periods.drain(..) {
+            if let Some(totals) = pending.tenants.get_mut(&tenant).and_then(|p| p.get_mut(&period)) {
+                totals.dirty = true;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1030,6 +1061,40 @@ mod tests {
         assert!(key(Grain::Minute, "acme0", 0, "r0") > end);
         assert!(key(Grain::Minute, "acme-2", 999_999, "r9") < a);
         assert_eq!(parse_key(&a), Some(("acme".into(), 60, "r1".into())));
+    }
+
+    /// A flush dropped while it writes (at shutdown the flushing task is
+    /// aborted wherever it is) leaves what it took to the next flush.
+    #[test]
+    fn a_flush_dropped_mid_write_loses_nothing() {
+        use futures::FutureExt;
+        type Written = Result<(), arbiter_store::StoreError>;
+        let counter = ConflictCounter::new();
+        counter.evaluated("tenants/acme/policies/guard", "allow", Duration::from_micros(9));
+        let dropped = counter
+            .flush_with(|_| std::future::pending::<Written>())
+            .now_or_never();
+        assert!(dropped.is_none());
+        let mut again = Vec::new();
+        let flushed = counter
+            .flush_with(|records| {
+                again = records;
+                std::future::ready(Written::Ok(()))
+            })
+            .now_or_never();
+        assert!(matches!(flushed, Some(Ok(()))), "{flushed:?}");
+        // One record per grain: minute, hour and day.
+        assert_eq!(again.len(), Grain::ALL.len());
+        // Written: nothing is left for the next flush.
+        let mut left = Vec::new();
+        let flushed = counter
+            .flush_with(|records| {
+                left = records;
+                std::future::ready(Written::Ok(()))
+            })
+            .now_or_never();
+        assert!(matches!(flushed, Some(Ok(()))), "{flushed:?}");
+        assert!(left.is_empty());
     }
 
     #[test]
