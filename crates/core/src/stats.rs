@@ -555,6 +555,7 @@ fn rand_u32() -> u32 {
 
 /// The tenant(s) and time a stats request covers, checked and aligned to
 /// its buckets.
+#[derive(Debug)]
 struct Span {
     grain: Grain,
     start: i64,
@@ -635,7 +636,9 @@ impl Span {
         };
         let end = match end_time {
             Some(ts) => bounded("end_time", ts)?,
-            None => now_s,
+            // The end is exclusive: one second on, so that the second
+            // under way is in the window even when it starts a bucket.
+            None => now_s + 1,
         };
         let start = match start_time {
             Some(ts) => bounded("start_time", ts)?,
@@ -1162,6 +1165,27 @@ mod tests {
         assert_eq!(us(percentile(&tally.latency, 0.99)), Some(1_000));
         assert_eq!(us(percentile(&tally.latency, 1.0)), Some(2_500_000));
         assert_eq!(percentile(&[0; 16], 0.5), None);
+    }
+
+    /// By default a window ends now, and what was counted in the second
+    /// under way is in it, also when that second starts a minute (the
+    /// bucket it counts in).
+    #[test]
+    fn the_default_window_holds_the_second_under_way() {
+        let viewer = Caller {
+            principal: "viewer".into(),
+            tenant: "acme".into(),
+            role: crate::auth::Role::Viewer,
+        };
+        // 2025-11-24 16:00:00 UTC.
+        let on_a_minute = 1_764_000_000;
+        assert_eq!(on_a_minute % 60, 0);
+        for now_s in [on_a_minute, on_a_minute + 1, on_a_minute + 59] {
+            let span = Span::of(&viewer, "tenants/acme", (None, None), None, now_s).unwrap();
+            assert_eq!(span.grain, Grain::Minute);
+            let counted_in = now_s.div_euclid(60) * 60;
+            assert!((span.start..span.end).contains(&counted_in), "{now_s}: {span:?}");
+        }
     }
 
     #[test]
