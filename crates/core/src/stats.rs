@@ -481,7 +481,7 @@ impl ConflictCounter {
     /// that flushes now and then is aborted wherever it is).
     async fn flush_with<W, F>(&self, write: W) -> Result<(), Error>
     where
-        W: FnOnce(Vec<(Vec<u8>, Vec<u8>)>) -> F,
+        W: FnOnce(arbiter_store::StatsRecords) -> F,
         F: Future<Output = Result<(), arbiter_store::StoreError>>,
     {
         let (records, written) = {
@@ -1071,33 +1071,30 @@ mod tests {
     #[test]
     fn a_flush_dropped_mid_write_loses_nothing() {
         use futures::FutureExt;
-        type Written = Result<(), arbiter_store::StoreError>;
         let counter = ConflictCounter::new();
         counter.evaluated("tenants/acme/policies/guard", "allow", Duration::from_micros(9));
         let dropped = counter
-            .flush_with(|_| std::future::pending::<Written>())
+            .flush_with(|_| std::future::pending::<Result<(), arbiter_store::StoreError>>())
             .now_or_never();
         assert!(dropped.is_none());
-        let mut again = Vec::new();
-        let flushed = counter
-            .flush_with(|records| {
-                again = records;
-                std::future::ready(Written::Ok(()))
-            })
-            .now_or_never();
-        assert!(matches!(flushed, Some(Ok(()))), "{flushed:?}");
         // One record per grain: minute, hour and day.
-        assert_eq!(again.len(), Grain::ALL.len());
+        assert_eq!(flush_now(&counter).len(), Grain::ALL.len());
         // Written: nothing is left for the next flush.
-        let mut left = Vec::new();
+        assert!(flush_now(&counter).is_empty());
+    }
+
+    /// Flushes through a write that succeeds at once; what it was given.
+    fn flush_now(counter: &ConflictCounter) -> arbiter_store::StatsRecords {
+        use futures::FutureExt;
+        let mut given = Vec::new();
         let flushed = counter
             .flush_with(|records| {
-                left = records;
-                std::future::ready(Written::Ok(()))
+                given = records;
+                std::future::ready(Ok(()))
             })
             .now_or_never();
         assert!(matches!(flushed, Some(Ok(()))), "{flushed:?}");
-        assert!(left.is_empty());
+        given
     }
 
     #[test]
