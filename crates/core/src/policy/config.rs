@@ -122,7 +122,7 @@ impl std::fmt::Debug for Metrics {
 }
 
 /// How one evaluation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// It allowed.
     Allow,
