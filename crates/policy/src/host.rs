@@ -21,6 +21,7 @@ use wasmtime::{
 use crate::bindings::{v1, v2};
 use crate::convert;
 use crate::guest::GuestState;
+use crate::linked;
 use crate::logs::{LogLimiter, lines_of};
 
 /// How often the epoch advances: the resolution of time limits.
@@ -187,8 +188,8 @@ impl std::fmt::Debug for Host {
 /// A linked module of either world version.
 #[derive(Clone)]
 enum Pre {
-    V1(v1::PolicyPre<GuestState>),
-    V2(v2::PolicyPre<GuestState>),
+    V1(linked::V1<GuestState>),
+    V2(linked::V2<GuestState>),
 }
 
 struct Inner {
@@ -418,8 +419,8 @@ impl Host {
         let mut store = self.inner.store(0, limits, None);
         let instantiated = futures::executor::block_on(async {
             match &pre {
-                Pre::V1(pre) => pre.instantiate_async(&mut store).await.map(drop),
-                Pre::V2(pre) => pre.instantiate_async(&mut store).await.map(drop),
+                Pre::V1(pre) => pre.pre().instantiate_async(&mut store).await.map(drop),
+                Pre::V2(pre) => pre.pre().instantiate_async(&mut store).await.map(drop),
             }
         });
         instantiated.map_err(|e| classify(&e, store.data(), limits, &[]))
@@ -502,9 +503,9 @@ impl Inner {
             )
         };
         if version == "0.2.0" {
-            v2::PolicyPre::new(pre).map(Pre::V2).map_err(wrong_world)
+            linked::V2::new(pre).map(Pre::V2).map_err(wrong_world)
         } else {
-            v1::PolicyPre::new(pre).map(Pre::V1).map_err(wrong_world)
+            linked::V1::new(pre).map(Pre::V1).map_err(wrong_world)
         }
     }
 
@@ -544,23 +545,11 @@ impl Inner {
         let result = match &pre {
             Pre::V1(pre) => {
                 let request = convert::v1::request(input);
-                match pre.instantiate_async(&mut store).await {
-                    Ok(instance) => instance
-                        .call_evaluate(&mut store, &request)
-                        .await
-                        .map(convert::v1::verdict),
-                    Err(e) => Err(e),
-                }
+                pre.evaluate(&mut store, &request).await.map(convert::v1::verdict)
             }
             Pre::V2(pre) => {
                 let request = convert::v2::request(input, &call.settings_json);
-                match pre.instantiate_async(&mut store).await {
-                    Ok(instance) => instance
-                        .call_evaluate(&mut store, &request)
-                        .await
-                        .map(convert::v2::verdict),
-                    Err(e) => Err(e),
-                }
+                pre.evaluate(&mut store, &request).await.map(convert::v2::verdict)
             }
         };
         self.finish(&call.policy, call.limits, store.data(), result)
@@ -576,7 +565,7 @@ impl Inner {
             });
         };
         let mut store = self.store(0, call.limits, None);
-        let result = match pre.instantiate_async(&mut store).await {
+        let result = match pre.pre().instantiate_async(&mut store).await {
             Ok(instance) => {
                 instance
                     .call_validate_settings(&mut store, &call.settings_json)

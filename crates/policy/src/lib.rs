@@ -33,6 +33,7 @@ mod convert;
 mod guest;
 mod host;
 pub mod limits;
+mod linked;
 mod logs;
 
 pub use host::{Host, HostConfig, default_tenant_concurrency};
