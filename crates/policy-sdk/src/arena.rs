@@ -17,7 +17,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bytes of the static arena.
-const ARENA: usize = 256 << 10;
+const ARENA: usize = 64 << 10;
 /// Pages (64 KiB) grown at a time once the arena is full.
 const GROW_PAGES: usize = 16;
 const PAGE: usize = 65536;

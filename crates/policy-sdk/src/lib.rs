@@ -34,7 +34,7 @@
 //! component is `target/wasm32-wasip2/release/<crate>.wasm`. The host
 //! resets all of an instance's linear memory after every evaluation, so a
 //! stack smaller than Rust's 1 MiB makes each evaluation cheaper: the
-//! examples link with `-C link-arg=-zstack-size=262144` (see
+//! examples link with `-C link-arg=-zstack-size=65536` (see
 //! `policies/.cargo/config.toml`). Policies see
 //! only the request: no files, network, environment or clock (use
 //! [`Request::now_unix_ms`]).

@@ -93,6 +93,34 @@ fn components_of_both_versions_run_side_by_side() {
     assert_eq!(allowed, Verdict::Allow);
 }
 
+/// The examples link with a 64 KiB stack (`policies/.cargo/config.toml`):
+/// a spec nested as deep as serde_json parses (127 levels below the top)
+/// is judged, not a stack overflow, whether the policy skips the nested
+/// field (vm-guard) or builds a JSON value of the whole spec (user-guard).
+#[test]
+fn the_examples_stack_holds_the_deepest_json() {
+    let host = host();
+    host.load_blocking("vm-guard", &guests::read(guests::VM_GUARD))
+        .unwrap();
+    host.load_blocking("user-guard", &guests::read(guests::USER_GUARD))
+        .unwrap();
+    let nested = format!("{}{}", "[".repeat(127), "]".repeat(127));
+    let mut vm = vm_create("e2-small", &[]);
+    let mut user = vm_create("", &[]);
+    if let (Some(vm), Some(user)) = (vm.proposed.as_mut(), user.proposed.as_mut()) {
+        vm.spec_json = format!(r#"{{"machineType":"e2-small","deep":{nested}}}"#);
+        user.kind = "user".into();
+        user.spec_json = format!(r#"{{"email":"ann@example.com","deep":{nested}}}"#);
+    }
+    let judged = host.evaluate_blocking("vm-guard", "t", LIMITS, &vm);
+    assert_eq!(judged, Ok(Verdict::Allow), "{judged:?}");
+    let judged = host.evaluate_blocking("user-guard", "t", LIMITS, &user);
+    assert!(
+        matches!(judged, Ok(Verdict::Allow | Verdict::Deny(_))),
+        "{judged:?}"
+    );
+}
+
 #[test]
 fn settings_decide_and_bad_settings_are_refused_in_the_modules_words() {
     let host = host();
