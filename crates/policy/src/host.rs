@@ -419,8 +419,8 @@ impl Host {
         let mut store = self.inner.store(0, limits, None);
         let instantiated = futures::executor::block_on(async {
             match &pre {
-                Pre::V1(pre) => pre.pre().instantiate_async(&mut store).await.map(drop),
-                Pre::V2(pre) => pre.pre().instantiate_async(&mut store).await.map(drop),
+                Pre::V1(pre) => pre.instantiate(&mut store).await.map(drop),
+                Pre::V2(pre) => pre.instantiate(&mut store).await.map(drop),
             }
         });
         instantiated.map_err(|e| classify(&e, store.data(), limits, &[]))
@@ -565,14 +565,13 @@ impl Inner {
             });
         };
         let mut store = self.store(0, call.limits, None);
-        let result = match pre.pre().instantiate_async(&mut store).await {
-            Ok(instance) => {
-                instance
-                    .call_validate_settings(&mut store, &call.settings_json)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let result = async {
+            let instance = pre.instantiate(&mut store).await?;
+            v2::Policy::new(&mut store, &instance)?
+                .call_validate_settings(&mut store, &call.settings_json)
+                .await
+        }
+        .await;
         self.finish(&call.policy, call.limits, store.data(), result)
     }
 

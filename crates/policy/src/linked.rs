@@ -11,7 +11,7 @@
 #![allow(unsafe_code)]
 
 use wasmtime::Store;
-use wasmtime::component::{ComponentExportIndex, InstancePre, TypedFunc};
+use wasmtime::component::{ComponentExportIndex, Instance, InstancePre, TypedFunc};
 
 use crate::bindings::{v1, v2};
 
@@ -45,9 +45,10 @@ macro_rules! linked {
                 Ok(Self { pre, evaluate })
             }
 
-            /// The generated bindings, for the calls other than `evaluate`.
-            pub fn pre(&self) -> &$version::PolicyPre<T> {
-                &self.pre
+            /// Instantiates the component in `store`, checking nothing
+            /// again: what every evaluation does first.
+            pub async fn instantiate(&self, store: &mut Store<T>) -> wasmtime::Result<Instance> {
+                self.pre.instance_pre().instantiate_async(store).await
             }
 
             /// Instantiates the component in `store` and calls `evaluate`.
@@ -56,7 +57,7 @@ macro_rules! linked {
                 store: &mut Store<T>,
                 request: &$version::arbiter::policy::types::Request,
             ) -> wasmtime::Result<$version::arbiter::policy::types::Decision> {
-                let instance = self.pre.instance_pre().instantiate_async(&mut *store).await?;
+                let instance = self.instantiate(store).await?;
                 let func = instance
                     .get_func(&mut *store, self.evaluate)
                     .ok_or_else(|| wasmtime::format_err!("no export `evaluate` found"))?;

@@ -14,6 +14,17 @@ fn host() -> Host {
     Host::new(&HostConfig::default()).unwrap()
 }
 
+/// A host with vm-guard (`arbiter:policy@0.2.0`) and user-guard (`0.1.0`)
+/// loaded under their names.
+fn host_with_both_guards() -> Host {
+    let host = host();
+    host.load_blocking("vm-guard", &guests::read(guests::VM_GUARD))
+        .unwrap();
+    host.load_blocking("user-guard", &guests::read(guests::USER_GUARD))
+        .unwrap();
+    host
+}
+
 fn cases_of(example: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../policies")
@@ -76,11 +87,7 @@ const LIMITS: Limits = Limits {
 
 #[test]
 fn components_of_both_versions_run_side_by_side() {
-    let host = host();
-    host.load_blocking("vm-guard", &guests::read(guests::VM_GUARD))
-        .unwrap();
-    host.load_blocking("user-guard", &guests::read(guests::USER_GUARD))
-        .unwrap();
+    let host = host_with_both_guards();
     assert_eq!(host.version("vm-guard"), Some("0.2.0"));
     assert_eq!(host.version("user-guard"), Some("0.1.0"));
     let create = vm_create("m9-enormous", &[]);
@@ -99,11 +106,7 @@ fn components_of_both_versions_run_side_by_side() {
 /// field (vm-guard) or builds a JSON value of the whole spec (user-guard).
 #[test]
 fn the_examples_stack_holds_the_deepest_json() {
-    let host = host();
-    host.load_blocking("vm-guard", &guests::read(guests::VM_GUARD))
-        .unwrap();
-    host.load_blocking("user-guard", &guests::read(guests::USER_GUARD))
-        .unwrap();
+    let host = host_with_both_guards();
     let nested = format!("{}{}", "[".repeat(127), "]".repeat(127));
     let mut vm = vm_create("e2-small", &[]);
     let mut user = vm_create("", &[]);
@@ -123,11 +126,7 @@ fn the_examples_stack_holds_the_deepest_json() {
 
 #[test]
 fn settings_decide_and_bad_settings_are_refused_in_the_modules_words() {
-    let host = host();
-    host.load_blocking("vm-guard", &guests::read(guests::VM_GUARD))
-        .unwrap();
-    host.load_blocking("user-guard", &guests::read(guests::USER_GUARD))
-        .unwrap();
+    let host = host_with_both_guards();
     let create = vm_create("n2-standard-2", &[]);
     let wide = call("vm-guard", "{}");
     let narrow = call("vm-guard", r#"{"machine_types":["e2-small"]}"#);
