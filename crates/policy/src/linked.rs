@@ -19,7 +19,7 @@ macro_rules! linked {
     ($(#[$doc:meta])* $name:ident, $version:ident) => {
         $(#[$doc])*
         pub struct $name<T: 'static> {
-            pre: $version::PolicyPre<T>,
+            pre: InstancePre<T>,
             evaluate: ComponentExportIndex,
         }
 
@@ -36,9 +36,10 @@ macro_rules! linked {
             /// Checks the types of the world's exports against the
             /// component and keeps the index of `evaluate`.
             pub fn new(pre: InstancePre<T>) -> wasmtime::Result<Self> {
-                let pre = $version::PolicyPre::new(pre)?;
+                // The generated bindings check the types; only the
+                // checking is kept of them.
+                $version::PolicyPre::new(pre.clone())?;
                 let evaluate = pre
-                    .instance_pre()
                     .component()
                     .get_export_index(None, "evaluate")
                     .ok_or_else(|| wasmtime::format_err!("no export `evaluate` found"))?;
@@ -48,7 +49,7 @@ macro_rules! linked {
             /// Instantiates the component in `store`, checking nothing
             /// again: what every evaluation does first.
             pub async fn instantiate(&self, store: &mut Store<T>) -> wasmtime::Result<Instance> {
-                self.pre.instance_pre().instantiate_async(store).await
+                self.pre.instantiate_async(store).await
             }
 
             /// Instantiates the component in `store` and calls `evaluate`.
