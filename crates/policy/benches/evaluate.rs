@@ -1,5 +1,6 @@
 //! One policy evaluation of vm-guard: a fresh store, instantiation from the
-//! pre-linked component, the `evaluate` call and the decision lifted back.
+//! pre-linked component, the `evaluate` call and the decision lifted back;
+//! and the floor, an evaluation whose policy decides at once.
 //!
 //!     cargo bench -p arbiter-policy --bench evaluate
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -69,6 +70,22 @@ fn evaluate(c: &mut Criterion) {
         b.iter(|| host.evaluate_blocking("vm-guard", "bench", limits, &create))
     });
     group.finish();
+
+    // The least an evaluation can cost: prompt-review allows anything that
+    // is not a prompt as soon as it has read the kind. What is left is the
+    // fresh store, the instance, the call and the decision.
+    host.load_blocking(
+        "prompt-review",
+        &std::fs::read(arbiter_test_guests::PROMPT_REVIEW).unwrap(),
+    )
+    .unwrap();
+    assert!(matches!(
+        host.evaluate_blocking("prompt-review", "bench", limits, &create),
+        Ok(Verdict::Allow)
+    ));
+    c.bench_function("floor/prompt-review on a VM (allow at once)", |b| {
+        b.iter(|| host.evaluate_blocking("prompt-review", "bench", limits, &create))
+    });
 }
 
 criterion_group!(benches, evaluate);
