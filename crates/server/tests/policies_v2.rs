@@ -2,7 +2,8 @@
 //! settings refused at upload in the module's words, lookups confined to
 //! the tenant and capped, lookups as preconditions of the commit, so that
 //! a rule over several objects cannot be raced — on RocksDB and across two
-//! replicas on etcd — and previews of a policy before it is bound.
+//! replicas on etcd — previews of a policy before it is bound, and where
+//! policies run among a write's other checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -213,6 +214,105 @@ async fn bad_settings_are_refused_at_upload_with_the_modules_message() {
         .unwrap()
         .into_inner();
     assert!(listed.policies.is_empty());
+    server.stop().await;
+}
+
+/// How many times the tenant's policy `id` was evaluated.
+async fn evaluations(server: &TestServer, id: &str) -> i64 {
+    let stats = server
+        .stats("acme-viewer")
+        .get_policy_stats(GetPolicyStatsRequest {
+            parent: "tenants/acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let name = format!("tenants/acme/policies/{id}");
+    stats
+        .policies
+        .iter()
+        .find(|p| p.policy == name)
+        .map_or(0, |p| p.evaluations)
+}
+
+#[tokio::test]
+async fn policies_judge_before_the_commit_and_after_the_current_object_is_read() {
+    let server = TestServer::start().await;
+    server
+        .vms("acme-editor")
+        .create_virtual_machine(create_vm("a"))
+        .await
+        .unwrap();
+    let bob = server
+        .users("acme-editor")
+        .create_user(create_user("bob", "bob@acme.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    // From now on the tenant's policies refuse every change.
+    let deny =
+        |kind: &str, reason: &str| binding(guests::LOOKUPS, &[kind], serde_json::json!({ "deny": reason }));
+    upload(&server, "no-vms", deny("vm", "NO_VMS")).await.unwrap();
+    upload(&server, "no-users", deny("user", "NO_USERS"))
+        .await
+        .unwrap();
+
+    // A create of a taken name is judged first: the policy's refusal is
+    // the answer, as README's "Policies" says.
+    let f = expect_failure(
+        server
+            .vms("acme-editor")
+            .create_virtual_machine(create_vm("a"))
+            .await,
+        Code::FailedPrecondition,
+        "POLICY_DENIED",
+    );
+    assert_eq!(f.metadata["denial_reason"], "NO_VMS");
+    assert_eq!(evaluations(&server, "no-vms").await, 1);
+
+    // An update reads the current object first: a missing user or a stale
+    // etag is answered without an evaluation.
+    let update = |name: &str, etag: &str| UpdateUserRequest {
+        user: Some(User {
+            name: name.into(),
+            etag: etag.into(),
+            display_name: "Bob".into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["display_name".into()],
+        }),
+        ..Default::default()
+    };
+    expect_failure(
+        server
+            .users("acme-editor")
+            .update_user(update("tenants/acme/users/zed", ""))
+            .await,
+        Code::NotFound,
+        "RESOURCE_NOT_FOUND",
+    );
+    let stale = format!("\"{}\"", bob.revision + 100);
+    expect_failure(
+        server
+            .users("acme-editor")
+            .update_user(update(&bob.name, &stale))
+            .await,
+        Code::Aborted,
+        "ETAG_MISMATCH",
+    );
+    assert_eq!(evaluations(&server, "no-users").await, 0);
+    // With the current etag the update is judged, and refused.
+    expect_failure(
+        server
+            .users("acme-editor")
+            .update_user(update(&bob.name, &bob.etag))
+            .await,
+        Code::FailedPrecondition,
+        "POLICY_DENIED",
+    );
+    assert_eq!(evaluations(&server, "no-users").await, 1);
     server.stop().await;
 }
 
