@@ -38,7 +38,18 @@ fn input(operation: Operation, current: Option<Object>, proposed: Option<Object>
 }
 
 fn evaluate(c: &mut Criterion) {
-    let host = Host::new(&HostConfig::default()).unwrap();
+    // `ARBITER_BENCH_SLOTS=2` shrinks the pool of instance slots (64 by
+    // default, as in the server) so that the benchmark runs under
+    // `valgrind --tool=callgrind`, whose address space cannot hold the
+    // default pool's reservations.
+    let slots = std::env::var("ARBITER_BENCH_SLOTS")
+        .ok()
+        .map(|s| s.parse().expect("ARBITER_BENCH_SLOTS is a number of slots"));
+    let config = HostConfig {
+        max_concurrent: slots.unwrap_or(HostConfig::default().max_concurrent),
+        ..HostConfig::default()
+    };
+    let host = Host::new(&config).unwrap();
     let module = std::fs::read(arbiter_test_guests::VM_GUARD).unwrap();
     host.load_blocking("vm-guard", &module).unwrap();
     let limits = Limits {
