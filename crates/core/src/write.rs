@@ -366,13 +366,16 @@ impl<S: Store> Engine<S> {
             &name.tenant,
             stage,
         ));
+        // The resource's full name, as its current or proposed version
+        // holds it.
+        let resource = proposed.or(current).map_or("", |r| r.meta().name);
         let judged = self
             .policies
             .judge(
                 &*self.store,
                 &bound,
                 std::sync::Arc::new(input),
-                &name.full(kind),
+                resource,
                 Some(lookup.clone()),
             )
             .await;

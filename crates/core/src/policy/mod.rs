@@ -446,9 +446,8 @@ pub(crate) fn object_of<R: Resource>(r: &R) -> Object {
     }
 }
 
-/// `snake_case` as `lowerCamelCase`, as proto3 JSON names fields.
-fn camel(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
+/// Appends `snake_case` as `lowerCamelCase`, as proto3 JSON names fields.
+fn push_camel(out: &mut String, name: &str) {
     let mut upper = false;
     for c in name.chars() {
         if c == '_' {
@@ -460,7 +459,6 @@ fn camel(name: &str) -> String {
             out.push(c);
         }
     }
-    out
 }
 
 /// The resource as proto3 JSON, as it is stored (without the etag and
@@ -478,7 +476,11 @@ pub(crate) fn spec_json<R: Resource>(r: &R) -> String {
             out.push(',');
         }
         out.push('"');
-        out.push_str(key);
+        if key.bytes().any(|b| b == b'_') {
+            push_camel(out, key);
+        } else {
+            out.push_str(key);
+        }
         out.push_str("\":");
     };
     let text = |out: &mut String, name: &str, value: &str| {
@@ -493,7 +495,7 @@ pub(crate) fn spec_json<R: Resource>(r: &R) -> String {
     text(&mut out, "updatedBy", meta.updated_by);
     for field in R::KIND.fields {
         if let Some(value) = r.field(field.name) {
-            text(&mut out, &camel(field.name), value);
+            text(&mut out, field.name, value);
         }
     }
     if !meta.labels.is_empty() {
@@ -537,8 +539,17 @@ pub(crate) fn spec_json<R: Resource>(r: &R) -> String {
 /// characters escaped (RFC 8259, section 7).
 fn push_json_string(out: &mut String, value: &str) {
     out.push('"');
+    let bytes = value.as_bytes();
     let mut plain = 0;
-    for (i, b) in value.bytes().enumerate() {
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        // Most text needs no escaping: skip it eight bytes at a time.
+        if let Some(chunk) = bytes.get(i..i + 8).and_then(|c| <[u8; 8]>::try_from(c).ok())
+            && !may_need_escaping(u64::from_le_bytes(chunk))
+        {
+            i += 8;
+            continue;
+        }
         let escape = match b {
             b'"' => "\\\"",
             b'\\' => "\\\\",
@@ -546,7 +557,10 @@ fn push_json_string(out: &mut String, value: &str) {
             b'\r' => "\\r",
             b'\t' => "\\t",
             0..=0x1f => "",
-            _ => continue,
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.push_str(&value[plain..i]);
         if escape.is_empty() {
@@ -557,10 +571,25 @@ fn push_json_string(out: &mut String, value: &str) {
         } else {
             out.push_str(escape);
         }
-        plain = i + 1;
+        i += 1;
+        plain = i;
     }
     out.push_str(&value[plain..]);
     out.push('"');
+}
+
+/// Whether any of the eight bytes in `word` may be `"`, `\\` or a control
+/// character. Never false for a word that holds one; it may be true for a
+/// word that does not (a borrow out of a byte that matched), and the
+/// caller then looks byte by byte.
+const fn may_need_escaping(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    /// Bytes below `n` (for `n` ≤ 0x80) set their high bit.
+    const fn below(word: u64, n: u64) -> u64 {
+        word.wrapping_sub(ONES * n) & !word & HIGH
+    }
+    (below(word, 0x20) | below(word ^ (ONES * b'"' as u64), 1) | below(word ^ (ONES * b'\\' as u64), 1)) != 0
 }
 
 #[cfg(test)]
@@ -627,6 +656,60 @@ mod tests {
             update_time: time(1_764_000_002, 5),
             ..Default::default()
         });
+    }
+
+    /// Every string comes back from a JSON parser as it went in, with every
+    /// byte that must be escaped at every position of the eight-byte steps.
+    #[test]
+    fn json_strings_round_trip_wherever_the_escapes_fall() {
+        let specials = [
+            '"',
+            '\\',
+            '\n',
+            '\r',
+            '\t',
+            '\0',
+            '\u{1f}',
+            '\u{8}',
+            'é',
+            '€',
+            '\u{1f600}',
+        ];
+        let mut cases = vec![String::new(), "plain text of some length".to_string()];
+        for len in 0..20 {
+            for at in 0..len {
+                for special in specials {
+                    let mut s: String = "abcdefghijklmnopqrstuvwxyz".chars().take(len).collect();
+                    s.insert(at.min(s.len()), special);
+                    cases.push(s);
+                }
+            }
+        }
+        cases.push((0u8..0x80).map(char::from).collect());
+        for case in cases {
+            let mut out = String::new();
+            push_json_string(&mut out, &case);
+            let back: String = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out:?}: {e}"));
+            assert_eq!(back, case);
+            assert!(!out.bytes().any(|b| b < 0x20), "{out:?}");
+        }
+    }
+
+    #[test]
+    fn words_with_a_byte_to_escape_are_never_passed_over() {
+        for special in (0u8..0x20).chain([b'"', b'\\']) {
+            for at in 0..8 {
+                for filler in [b'a', b' ', b'~', 0x80, 0xff] {
+                    let mut word = [filler; 8];
+                    word[at] = special;
+                    assert!(may_need_escaping(u64::from_le_bytes(word)), "{word:?}");
+                }
+            }
+        }
+        assert!(!may_need_escaping(u64::from_le_bytes(*b"abc XYZ~")));
+        assert!(!may_need_escaping(u64::from_le_bytes([
+            0x80, 0xff, 0xc3, 0xa9, b'a', b'!', b'#', b'$'
+        ])));
     }
 
     #[test]
