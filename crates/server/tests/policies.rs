@@ -669,20 +669,7 @@ async fn warn_mode_lets_a_denied_change_through_with_a_warning() {
     );
 
     // Counted as would-denials, apart from enforced denials.
-    let stats = server
-        .stats("acme-viewer")
-        .get_policy_stats(GetPolicyStatsRequest {
-            parent: "tenants/acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let guard = stats
-        .policies
-        .iter()
-        .find(|p| p.policy == "tenants/acme/policies/vm-guard")
-        .unwrap();
+    let guard = policy_stats(&server, "vm-guard").await.unwrap();
     assert_eq!((guard.warned, guard.denied), (3, 0), "{guard:?}");
     server.stop().await;
 }

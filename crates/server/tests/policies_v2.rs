@@ -219,21 +219,7 @@ async fn bad_settings_are_refused_at_upload_with_the_modules_message() {
 
 /// How many times the tenant's policy `id` was evaluated.
 async fn evaluations(server: &TestServer, id: &str) -> i64 {
-    let stats = server
-        .stats("acme-viewer")
-        .get_policy_stats(GetPolicyStatsRequest {
-            parent: "tenants/acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let name = format!("tenants/acme/policies/{id}");
-    stats
-        .policies
-        .iter()
-        .find(|p| p.policy == name)
-        .map_or(0, |p| p.evaluations)
+    policy_stats(server, id).await.map_or(0, |p| p.evaluations)
 }
 
 #[tokio::test]

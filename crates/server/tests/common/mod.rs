@@ -439,6 +439,22 @@ pub async fn bind_vm_guard(server: &TestServer, tenant: &str, id: &str) {
         .unwrap();
 }
 
+/// How the policy `tenants/acme/policies/{id}` judged in the last hour,
+/// as `GetPolicyStats` tells a viewer; `None` if it never ran.
+pub async fn policy_stats(server: &TestServer, id: &str) -> Option<arbiter_api::v1::PolicyEvaluationCounts> {
+    let stats = server
+        .stats("acme-viewer")
+        .get_policy_stats(arbiter_api::v1::GetPolicyStatsRequest {
+            parent: "tenants/acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let name = format!("tenants/acme/policies/{id}");
+    stats.policies.into_iter().find(|p| p.policy == name)
+}
+
 /// The text of a server's `/metrics`, from its HTTP base address.
 pub async fn metrics_text(base: &str) -> String {
     reqwest::get(format!("{base}/metrics"))
