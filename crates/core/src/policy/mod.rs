@@ -677,10 +677,10 @@ mod tests {
         ];
         let mut cases = vec![String::new(), "plain text of some length".to_string()];
         for len in 0..20 {
-            for at in 0..len {
+            for at in 0..=len {
                 for special in specials {
                     let mut s: String = "abcdefghijklmnopqrstuvwxyz".chars().take(len).collect();
-                    s.insert(at.min(s.len()), special);
+                    s.insert(at, special);
                     cases.push(s);
                 }
             }
