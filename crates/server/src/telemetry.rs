@@ -19,14 +19,20 @@ pub fn init(format: LogFormat) -> WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal());
     let installed = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        // json-subscriber rather than tracing-subscriber's own JSON
+        // format: that one keeps a span's fields as JSON text and parses
+        // it again at every `record` and at every event in the span, which
+        // cost about a fifth of the server's instructions per request (one
+        // span with four recorded fields and one line per request).
+        LogFormat::Json => json_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(writer)
             .with_current_span(true)
             .with_span_list(false)
             .try_init(),
