@@ -13,6 +13,16 @@ pub struct RequestId {
 }
 
 impl RequestId {
+    /// The id of `request` sent to `method`. Only a request with an id can
+    /// be replayed, so only then is it encoded and fingerprinted.
+    pub fn of(id: impl Into<String>, method: &str, request: &impl prost::Message) -> Self {
+        let id = id.into();
+        if id.is_empty() {
+            return Self::default();
+        }
+        Self::new(id, method, &request.encode_to_vec())
+    }
+
     /// Fingerprints `request` (its encoding) sent to `method`.
     pub fn new(id: impl Into<String>, method: &str, request: &[u8]) -> Self {
         let mut digest = Sha256::new();
@@ -100,4 +110,24 @@ pub struct ListPage<R> {
     pub items: Vec<R>,
     /// Token of the next page, empty on the last.
     pub next_page_token: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_request_with_an_id_is_fingerprinted() {
+        let request = prost_types::Duration { seconds: 7, nanos: 0 };
+        assert_eq!(RequestId::of("", "create", &request), RequestId::default());
+        let with_id = RequestId::of("r-1", "create", &request);
+        assert_eq!(
+            with_id,
+            RequestId::new("r-1", "create", &prost::Message::encode_to_vec(&request))
+        );
+        assert_ne!(
+            with_id.fingerprint,
+            RequestId::of("r-1", "update", &request).fingerprint
+        );
+    }
 }

@@ -254,7 +254,7 @@ impl<S: Store> Engine<S> {
         caller: &Caller,
         req: CommitTransactionRequest,
     ) -> Result<CommitTransactionResponse, Error> {
-        let request_id = RequestId::new(req.request_id.clone(), "CommitTransaction", &req.encode_to_vec());
+        let request_id = RequestId::of(req.request_id.clone(), "CommitTransaction", &req);
         let tenant = names::parse_parent("parent", &req.parent)?;
         let mut violations = Vec::new();
         if req.operations.is_empty() || req.operations.len() > MAX_OPERATIONS {

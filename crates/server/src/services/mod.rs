@@ -20,7 +20,6 @@ use arbiter_core::{
     UpdateRequest,
 };
 use arbiter_store::Store;
-use prost::Message;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
 
@@ -276,7 +275,7 @@ macro_rules! resource_service {
                     "" => parent.clone(),
                     id => format!("{parent}/{}/{id}", asked.collection),
                 };
-                let request_id = RequestId::new(req.request_id.clone(), stringify!($create), &req.encode_to_vec());
+                let request_id = RequestId::of(req.request_id.clone(), stringify!($create), &req);
                 let create = CreateRequest {
                     parent: req.parent,
                     id: req.$id,
@@ -312,7 +311,7 @@ macro_rules! resource_service {
                 let name = request.get_ref().$field.as_ref().map(|r| r.name.clone()).unwrap_or_default();
                 let asked = Asked::of::<$ty>(stringify!($update));
                 let (caller, req, _permit) = self.parts(request, &name, asked)?;
-                let request_id = RequestId::new(req.request_id.clone(), stringify!($update), &req.encode_to_vec());
+                let request_id = RequestId::of(req.request_id.clone(), stringify!($update), &req);
                 let update = UpdateRequest {
                     resource: req.$field.unwrap_or_default(),
                     update_mask: mask_paths(req.update_mask),
@@ -326,7 +325,7 @@ macro_rules! resource_service {
                 let name = request.get_ref().name.clone();
                 let asked = Asked::of::<$ty>(stringify!($delete));
                 let (caller, req, _permit) = self.parts(request, &name, asked)?;
-                let request_id = RequestId::new(req.request_id.clone(), stringify!($delete), &req.encode_to_vec());
+                let request_id = RequestId::of(req.request_id.clone(), stringify!($delete), &req);
                 let delete = DeleteRequest {
                     name: req.name,
                     etag: req.etag,
@@ -341,7 +340,7 @@ macro_rules! resource_service {
                 let name = request.get_ref().name.clone();
                 let asked = Asked::of::<$ty>(stringify!($verb_fn));
                 let (caller, req, _permit) = self.parts(request, &name, asked)?;
-                let request_id = RequestId::new(req.request_id.clone(), stringify!($verb_fn), &req.encode_to_vec());
+                let request_id = RequestId::of(req.request_id.clone(), stringify!($verb_fn), &req);
                 let transition = TransitionRequest { name: req.name, etag: req.etag, request_id, verb: $verb };
                 self.reply(&caller, asked, &name, collect(self.engine.transition(&caller, transition)).await)
             }
