@@ -138,16 +138,17 @@ pub(crate) fn moving<'a, R: Resource>(
 pub(crate) fn validate_resource<R: Resource>(r: &R, prefix: &str, out: &mut Vec<FieldViolation>) {
     for f in R::KIND.fields {
         let value = r.field(f.name).map(String::as_str).unwrap_or_default();
-        let path = format!("{prefix}.{}", f.name);
+        // The path is built only for a violation.
+        let path = || format!("{prefix}.{}", f.name);
         if value.is_empty() {
             if f.required {
-                out.push(FieldViolation::new(path, "is required"));
+                out.push(FieldViolation::new(path(), "is required"));
             }
         } else if let Err(e) = (f.check)(value) {
-            out.push(FieldViolation::new(path, e));
+            out.push(FieldViolation::new(path(), e));
         }
     }
-    check_labels(&format!("{prefix}.labels"), r.meta().labels, out);
+    check_labels(prefix, r.meta().labels, out);
     r.check_more(prefix, out);
 }
 

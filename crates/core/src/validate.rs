@@ -101,23 +101,25 @@ fn label_value_ok(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// Checks labels; `field` is the path of the labels map in the request.
-pub fn check_labels(field: &str, labels: &BTreeMap<String, String>, out: &mut Vec<FieldViolation>) {
+/// Checks labels; `prefix` is the path of the resource in the request
+/// (`vm`), so violations name `vm.labels` and `vm.labels["key"]`. The
+/// paths are built only for violations: valid labels cost no formatting.
+pub fn check_labels(prefix: &str, labels: &BTreeMap<String, String>, out: &mut Vec<FieldViolation>) {
     if labels.len() > MAX_LABELS {
         out.push(FieldViolation::new(
-            field,
+            format!("{prefix}.labels"),
             format!("at most {MAX_LABELS} labels are allowed, got {}", labels.len()),
         ));
     }
     for (key, value) in labels {
         if !label_key_ok(key) {
             out.push(FieldViolation::new(
-                format!("{field}[{key:?}]"),
+                format!("{prefix}.labels[{key:?}]"),
                 "label keys are 1 to 63 lowercase letters, digits, '-', '_' or '.', starting with a letter",
             ));
         } else if !label_value_ok(value) {
             out.push(FieldViolation::new(
-                format!("{field}[{key:?}]"),
+                format!("{prefix}.labels[{key:?}]"),
                 "label values are at most 63 letters, digits, '-', '_' or '.'",
             ));
         }
@@ -168,7 +170,7 @@ mod tests {
             ("Bad".to_string(), "x".to_string()),
             ("ok".to_string(), "has space".to_string()),
         ]);
-        check_labels("vm.labels", &labels, &mut out);
+        check_labels("vm", &labels, &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].field, "vm.labels[\"Bad\"]");
     }
