@@ -1,6 +1,6 @@
 //! Builds every guest policy from source before the tests that load them:
 //! the Rust examples in `policies/` and the test guests in `tests/guests/`
-//! (hostile, wrong-world) with `cargo build --target wasm32-wasip2
+//! (hostile, wrong-world, lookups, spin) with `cargo build --target wasm32-wasip2
 //! --release`, and the Python example with componentize-py. The components
 //! land in `<target dir>/wasm-guests`, a target dir of their own so that the
 //! nested cargo never waits on the lock of the build that runs this script.
@@ -22,8 +22,13 @@ fn main() -> Result<()> {
         None => root.join("target"),
     }
     .join("wasm-guests");
-    cargo_build(&root.join("policies/Cargo.toml"), &target)?;
-    cargo_build(&root.join("tests/guests/Cargo.toml"), &target)?;
+    cargo_build(&root.join("policies/Cargo.toml"), &target, &["--workspace"])?;
+    // spin alone: built with the others, it would get the SDK's `std`
+    // feature that they enable (features are unified over what one build
+    // selects), and with it WASI.
+    let guests = root.join("tests/guests/Cargo.toml");
+    cargo_build(&guests, &target, &["--workspace", "--exclude", "spin"])?;
+    cargo_build(&guests, &target, &["--package", "spin"])?;
     let python = target.join("require_labels_py.wasm");
     componentize_py(&root, &python)?;
     let release = target.join("wasm32-wasip2/release");
@@ -34,6 +39,7 @@ fn main() -> Result<()> {
         ("USER_MANAGER", release.join("user_manager.wasm")),
         ("LOOKUPS", release.join("lookups.wasm")),
         ("HOSTILE", release.join("hostile.wasm")),
+        ("SPIN", release.join("spin.wasm")),
         ("WRONG_WORLD", release.join("wrong_world.wasm")),
         ("REQUIRE_LABELS_PY", python),
     ];
@@ -58,7 +64,7 @@ fn main() -> Result<()> {
 /// Runs `cargo build` for a guest workspace with its own settings and none
 /// of the outer build's (flags, wrappers such as clippy's, target dir)
 /// leaking in.
-fn cargo_build(manifest: &Path, target: &Path) -> Result<()> {
+fn cargo_build(manifest: &Path, target: &Path, select: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     for (key, _) in std::env::vars_os() {
@@ -79,6 +85,7 @@ fn cargo_build(manifest: &Path, target: &Path) -> Result<()> {
             "--manifest-path",
         ])
         .arg(manifest)
+        .args(select)
         // From the workspace's own directory, so that its
         // `.cargo/config.toml` (the policies' stack size) applies.
         .current_dir(manifest.parent().unwrap_or(manifest))

@@ -63,6 +63,9 @@ pub struct GuestState {
     lookups: usize,
     /// Why a host call stopped the evaluation, when one did.
     pub fault: Option<Fault>,
+    /// Whether an inline evaluation was interrupted at an epoch tick
+    /// before its time limit (and is to run again on a fiber).
+    pub outran_slice: bool,
 }
 
 /// Most WASI resources (streams, pollables, ...) one evaluation may hold:
@@ -90,6 +93,7 @@ impl GuestState {
             lookup: None,
             lookups: 0,
             fault: None,
+            outran_slice: false,
         }
     }
 

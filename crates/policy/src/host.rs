@@ -192,6 +192,17 @@ enum Pre {
     V2(linked::V2<GuestState>),
 }
 
+impl Pre {
+    /// Whether evaluations of this module start inline (see
+    /// [`Inner::evaluate`]).
+    fn inline(&self) -> bool {
+        match self {
+            Pre::V1(pre) => pre.inline(),
+            Pre::V2(pre) => pre.inline(),
+        }
+    }
+}
+
 struct Inner {
     engine: Engine,
     /// Links components of `arbiter:policy@0.1.0` and of `@0.2.0`.
@@ -200,6 +211,8 @@ struct Inner {
     compiles: Compiles,
     slots: Slots,
     logs: LogLimiter,
+    /// Inline evaluations that outran their slice and ran again on a fiber.
+    overruns: std::sync::atomic::AtomicU64,
     stop_ticking: Arc<AtomicBool>,
 }
 
@@ -385,6 +398,7 @@ impl Host {
                 },
                 slots: Slots::new(config),
                 logs: LogLimiter::default(),
+                overruns: std::sync::atomic::AtomicU64::new(0),
                 stop_ticking,
             }),
         })
@@ -412,17 +426,31 @@ impl Host {
         self.inner.compiles.done.load(Ordering::Relaxed)
     }
 
+    /// How many inline evaluations outran their slice and ran again on a
+    /// fiber since the host started.
+    pub fn inline_overruns(&self) -> u64 {
+        self.inner.overruns.load(Ordering::Relaxed)
+    }
+
+    /// Whether evaluations of a loaded module start inline, on the
+    /// caller's thread without a fiber: those of a component that imports
+    /// neither WASI nor `lookup`.
+    pub fn runs_inline(&self, digest: &str) -> Option<bool> {
+        self.inner.loaded(digest).ok().map(|pre| pre.inline())
+    }
+
     /// Instantiates a loaded module in a fresh store and drops it, without
     /// calling it: the fixed cost of an evaluation, for benchmarks.
     pub fn instantiate_blocking(&self, digest: &str, limits: Limits) -> Result<(), Fault> {
         let pre = self.inner.loaded(digest)?;
-        let mut store = self.inner.store(0, limits, None);
-        let instantiated = futures::executor::block_on(async {
-            match &pre {
-                Pre::V1(pre) => pre.instantiate(&mut store).await.map(drop),
-                Pre::V2(pre) => pre.instantiate(&mut store).await.map(drop),
-            }
-        });
+        let deadline = Instant::now() + limits.timeout;
+        let mut store = self.inner.store(0, limits, None, deadline, pre.inline());
+        let instantiated = match &pre {
+            Pre::V1(pre) if pre.inline() => pre.instantiate_inline(&mut store).map(drop),
+            Pre::V2(pre) if pre.inline() => pre.instantiate_inline(&mut store).map(drop),
+            Pre::V1(pre) => futures::executor::block_on(pre.instantiate(&mut store)).map(drop),
+            Pre::V2(pre) => futures::executor::block_on(pre.instantiate(&mut store)).map(drop),
+        };
         instantiated.map_err(|e| classify(&e, store.data(), limits, &[]))
     }
 
@@ -517,31 +545,79 @@ impl Inner {
             .ok_or_else(|| Fault::new(FaultKind::Unavailable, format!("module {digest} is not loaded")))
     }
 
-    /// A fresh store for one evaluation, with its limits. At every epoch
-    /// tick the evaluation yields to the runtime, and past its time limit
-    /// it is interrupted.
-    fn store(&self, now_unix_ms: u64, limits: Limits, lookup: Option<Arc<dyn Lookup>>) -> Store<GuestState> {
+    /// A fresh store for one evaluation, with its limits: past `deadline`
+    /// it is interrupted at the next epoch tick. Before that, at every
+    /// tick, an evaluation on a fiber yields to the runtime; an `inline`
+    /// one is interrupted and marked as having outrun its slice.
+    fn store(
+        &self,
+        now_unix_ms: u64,
+        limits: Limits,
+        lookup: Option<Arc<dyn Lookup>>,
+        deadline: Instant,
+        inline: bool,
+    ) -> Store<GuestState> {
         let state = GuestState::new(now_unix_ms, limits.memory_bytes).with_lookup(lookup);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
-        let deadline = Instant::now() + limits.timeout;
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            Ok(if Instant::now() >= deadline {
-                UpdateDeadline::Interrupt
-            } else {
-                // tokio's yield: the evaluation goes on after the runtime
-                // has polled its I/O and timers, so a long evaluation
-                // never keeps a worker from new requests.
-                UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
-            })
-        });
+        if inline {
+            store.epoch_deadline_callback(move |mut store| {
+                if Instant::now() < deadline {
+                    store.data_mut().outran_slice = true;
+                }
+                Ok(UpdateDeadline::Interrupt)
+            });
+        } else {
+            store.epoch_deadline_callback(move |_| {
+                Ok(if Instant::now() >= deadline {
+                    UpdateDeadline::Interrupt
+                } else {
+                    // tokio's yield: the evaluation goes on after the
+                    // runtime has polled its I/O and timers, so a long
+                    // evaluation never keeps a worker from new requests.
+                    UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+                })
+            });
+        }
         store
     }
 
+    /// One evaluation. A module that imports nothing asynchronous starts
+    /// inline: instantiated and called on this thread, without a fiber,
+    /// which is what most evaluations need and the cheapest way to run
+    /// them. The first epoch tick ends an inline evaluation (so that it
+    /// holds the thread no longer than one on a fiber holds it between
+    /// yields); if its time limit has not passed, it runs again from the
+    /// start on a fiber, in a fresh store, within what is left of the
+    /// limit. A policy sees only its request, so the second run decides
+    /// what the first would have.
     async fn evaluate(&self, call: &Call, input: &Input) -> Result<Verdict, Fault> {
         let pre = self.loaded(&call.digest)?;
-        let mut store = self.store(input.now_unix_ms, call.limits, call.lookup.clone());
+        let deadline = Instant::now() + call.limits.timeout;
+        if pre.inline() {
+            let mut store = self.store(input.now_unix_ms, call.limits, None, deadline, true);
+            let result = match &pre {
+                Pre::V1(pre) => pre
+                    .evaluate_inline(&mut store, &convert::v1::request(input))
+                    .map(convert::v1::verdict),
+                Pre::V2(pre) => pre
+                    .evaluate_inline(&mut store, &convert::v2::request(input, &call.settings_json))
+                    .map(convert::v2::verdict),
+            };
+            if result.is_ok() || !store.data().outran_slice {
+                return self.finish(&call.policy, call.limits, store.data(), result);
+            }
+            self.overruns.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("arbiter_policy_inline_overruns_total").increment(1);
+        }
+        let mut store = self.store(
+            input.now_unix_ms,
+            call.limits,
+            call.lookup.clone(),
+            deadline,
+            false,
+        );
         let result = match &pre {
             Pre::V1(pre) => {
                 let request = convert::v1::request(input);
@@ -564,7 +640,7 @@ impl Inner {
                 Err("the module is a component of arbiter:policy@0.1.0, which takes no settings; build it against arbiter:policy@0.2.0 to use settings".into())
             });
         };
-        let mut store = self.store(0, call.limits, None);
+        let mut store = self.store(0, call.limits, None, Instant::now() + call.limits.timeout, false);
         let result = async {
             let instance = pre.instantiate(&mut store).await?;
             v2::Policy::new(&mut store, &instance)?

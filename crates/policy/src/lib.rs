@@ -20,10 +20,13 @@
 //!   library works, but with no files, sockets, environment or arguments;
 //!   the wall clock reads the request's time; stdout and stderr go to the
 //!   log. The host's `log` import goes to `tracing`, rate-limited.
-//! - **On the request's task.** Evaluations run as async fibers on the
-//!   request's own task, yielding to the runtime at every epoch tick, so a
-//!   slow policy never holds a worker thread; at most as many run at once
-//!   as the pool has instance slots.
+//! - **On the request's task.** A policy that imports nothing
+//!   asynchronous (no WASI, no `lookup`) starts inline, on the request's
+//!   thread without a fiber, until the first epoch tick; one that runs
+//!   past it, and every other policy, runs as an async fiber on the
+//!   request's own task, yielding to the runtime at every tick, so a slow
+//!   policy never holds a worker thread for more than a tick at a time;
+//!   at most as many run at once as the pool has instance slots.
 //!
 //! [`cases`] runs a YAML file of request → expected decision cases against
 //! a module: the engine of `arbiter policy test`.

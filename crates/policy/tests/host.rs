@@ -386,6 +386,74 @@ fn hostile_guests_are_stopped_with_the_right_fault() {
     assert_eq!(flood, Verdict::Allow);
 }
 
+fn spin(label: Option<&str>) -> Input {
+    let mut input = hostile("none");
+    if let Some(object) = input.proposed.as_mut() {
+        object.labels = label.map(|l| vec![("spin".into(), l.into())]).unwrap_or_default();
+    }
+    input
+}
+
+#[test]
+fn policies_without_async_imports_run_inline_and_long_ones_go_on_a_fiber() {
+    let host = host();
+    for (name, module, inline) in [
+        ("vm-guard", guests::VM_GUARD, true),
+        ("prompt-review", guests::PROMPT_REVIEW, true),
+        ("user-guard", guests::USER_GUARD, true),
+        ("spin", guests::SPIN, true),
+        // `lookup` and WASI are async in the host.
+        ("user-manager", guests::USER_MANAGER, false),
+        ("hostile", guests::HOSTILE, false),
+        ("require-labels-py", guests::REQUIRE_LABELS_PY, false),
+    ] {
+        host.load_blocking(name, &guests::read(module)).unwrap();
+        assert_eq!(host.runs_inline(name), Some(inline), "{name}");
+    }
+    let patient = Limits {
+        timeout: Duration::from_secs(20),
+        memory_bytes: 16 << 20,
+    };
+    // A short evaluation ends inline.
+    let quick = host.evaluate_blocking("spin", "spin", patient, &spin(None));
+    assert_eq!(quick, Ok(Verdict::Allow));
+    assert_eq!(host.inline_overruns(), 0);
+    // One that runs past an epoch tick (a few hundred milliseconds of
+    // looping) is interrupted and runs again on a fiber, which decides.
+    let long = host.evaluate_blocking("spin", "spin", patient, &spin(Some("300")));
+    assert_eq!(long, Ok(Verdict::Allow));
+    assert_eq!(host.inline_overruns(), 1);
+    // One that never ends stops at its time limit, counted from the
+    // inline start, with the fault of a timeout.
+    let limits = Limits {
+        timeout: Duration::from_millis(50),
+        ..patient
+    };
+    let started = Instant::now();
+    let fault = host
+        .evaluate_blocking("spin", "spin", limits, &spin(Some("forever")))
+        .unwrap_err();
+    assert_eq!(fault.kind, FaultKind::Timeout, "{}", fault.detail);
+    assert!(fault.detail.contains("time limit of 50ms"), "{}", fault.detail);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(host.inline_overruns(), 2);
+    // Unbounded recursion on the caller's own stack traps at the wasm
+    // stack limit, as on a fiber.
+    let fault = host
+        .evaluate_blocking("spin", "spin", limits, &spin(Some("deep")))
+        .unwrap_err();
+    assert_eq!(fault.kind, FaultKind::Trap, "{}", fault.detail);
+    assert!(fault.detail.contains("stack overflow"), "{}", fault.detail);
+    assert_eq!(host.inline_overruns(), 2);
+    // And the host goes on.
+    let after = host.evaluate_blocking("spin", "spin", patient, &spin(None));
+    assert_eq!(after, Ok(Verdict::Allow));
+}
+
 #[test]
 fn uploads_that_are_not_policies_say_why() {
     let host = host();

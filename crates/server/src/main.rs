@@ -254,9 +254,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Stack of each runtime worker thread. Policies without async imports
+/// run inline on the request's worker, wasm frames on its stack, up to the
+/// policy host's wasm stack limit (512 KiB) below whatever the request
+/// already uses: twice tokio's default leaves room for both. Only the
+/// pages touched are resident.
+const WORKER_STACK_BYTES: usize = 4 << 20;
+
 /// Runs an async command on a fresh runtime.
 fn block_on(command: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
-    match tokio::runtime::Runtime::new() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(WORKER_STACK_BYTES)
+        .build();
+    match runtime {
         Ok(runtime) => report(runtime.block_on(command)),
         Err(e) => {
             eprintln!("arbiter: cannot start the runtime: {e}");

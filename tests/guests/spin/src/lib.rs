@@ -1,0 +1,49 @@
+//! A policy without WASI that runs as long as it is told: the object's
+//! `spin` label is `forever` (it never returns), `deep` (it recurses
+//! without end, on the wasm stack rather than in linear memory) or a
+//! number of million loop iterations after which it allows. Without the
+//! label it allows at once.
+
+#![no_std]
+
+extern crate alloc;
+
+use core::hint::black_box;
+
+use arbiter_policy_sdk::{Decision, Policy, Request, allow};
+
+struct Spin;
+
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn dive(depth: u64) -> u64 {
+    black_box(dive(black_box(depth + 1))) + depth
+}
+
+impl Policy for Spin {
+    fn evaluate(req: Request) -> Decision {
+        match req.label("spin") {
+            Some("forever") => {
+                let mut n: u64 = 0;
+                loop {
+                    n = black_box(n.wrapping_add(1));
+                }
+            }
+            Some("deep") => {
+                black_box(dive(0));
+                allow()
+            }
+            Some(millions) => {
+                let rounds = millions.parse::<u64>().unwrap_or(0).saturating_mul(1_000_000);
+                let mut n: u64 = 0;
+                for _ in 0..rounds {
+                    n = black_box(n.wrapping_add(1));
+                }
+                allow()
+            }
+            None => allow(),
+        }
+    }
+}
+
+arbiter_policy_sdk::export_policy!(Spin);
