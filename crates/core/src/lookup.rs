@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex};
 
 use arbiter_api::v1::{Prompt, User, VirtualMachine};
-use arbiter_store::{Store, Versioned};
+use arbiter_store::{Store, StoreError, Versioned};
 
 use crate::error::Error;
 use crate::names;
@@ -48,6 +48,9 @@ pub(crate) struct StoreLookup<S> {
     /// The objects the stage holds, as the operations before left them
     /// (`None`: deleted), with their codecs.
     staged: Vec<(Vec<u8>, Option<Versioned>, Codec)>,
+    /// Read the objects as they were just before this revision, not as
+    /// they are (a preview's replay of a past change).
+    before: Option<u64>,
     reads: Mutex<Vec<Looked>>,
 }
 
@@ -63,8 +66,16 @@ impl<S: Store> StoreLookup<S> {
                 .filter(|s| s.tenant == tenant)
                 .map(|s| (s.key.clone(), s.version(), s.codec))
                 .collect(),
+            before: None,
             reads: Mutex::new(Vec::new()),
         }
+    }
+
+    /// These lookups read the objects as they were just before `revision`
+    /// was committed.
+    pub(crate) fn before(mut self, revision: u64) -> Self {
+        self.before = Some(revision);
+        self
     }
 
     /// What the lookups read from the store, each object once.
@@ -104,7 +115,20 @@ impl<S: Store> StoreLookup<S> {
         if let Some((_, version, _)) = self.staged.iter().find(|(k, ..)| *k == key) {
             return version.as_ref().map(object).transpose();
         }
-        let stored = self.store.get(&key).await.map_err(|e| unreadable(name, e))?;
+        let stored = match self.before {
+            None => self.store.get(&key).await,
+            Some(revision) => self.store.version_before(&key, revision).await,
+        };
+        let stored = stored.map_err(|e| match e {
+            StoreError::Compacted { .. } => Fault::new(
+                FaultKind::Unavailable,
+                format!(
+                    "the change log no longer holds what {name} was before revision {}",
+                    self.before.unwrap_or_default()
+                ),
+            ),
+            e => unreadable(name, e),
+        })?;
         self.record(Looked {
             key: key.clone(),
             revision: stored.as_ref().map(|v| v.revision),

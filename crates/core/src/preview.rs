@@ -1,7 +1,8 @@
 //! `PreviewPolicy`: what a candidate policy would decide, before it is
 //! bound. It judges the tenant's current objects as if created now and
-//! replays its recent changes, with the module and settings given, and
-//! stores nothing. Its evaluations take the tenant's evaluation slots one
+//! replays its recent changes (each with lookups of the objects as they
+//! were just before it), with the module and settings given, and stores
+//! nothing. Its evaluations take the tenant's evaluation slots one
 //! at a time, within the same limits as live ones, so a preview never
 //! takes more than one of the tenant's slots; the preview as a whole is
 //! bounded in time and in the work it does, and says when it stopped
@@ -200,22 +201,24 @@ impl<S: Store> Engine<S> {
     }
 
     /// One evaluation of the candidate: its lookups read the store as it
-    /// is and are not kept; a busy slot is asked for again until the
+    /// is, or as it was just before revision `before` (a replayed change),
+    /// and are not kept; a busy slot is asked for again until the
     /// deadline.
     async fn preview_one(
         &self,
         tenant: &str,
         binding: &Binding,
         input: Input,
+        before: Option<u64>,
         tally: &mut Tally,
     ) -> Option<Result<Verdict, Fault>> {
         let input = Arc::new(input);
         loop {
-            let lookup = Arc::new(StoreLookup::new(
-                Arc::clone(&self.store),
-                tenant,
-                &Stage::default(),
-            ));
+            let lookup = StoreLookup::new(Arc::clone(&self.store), tenant, &Stage::default());
+            let lookup = Arc::new(match before {
+                Some(revision) => lookup.before(revision),
+                None => lookup,
+            });
             let (result, _) = self
                 .policies
                 .run(&*self.store, binding, Arc::clone(&input), Some(lookup))
@@ -276,7 +279,7 @@ impl<S: Store> Engine<S> {
                         proposed: Some(object),
                         now_unix_ms: crate::engine::now_ms(),
                     };
-                    let Some(result) = self.preview_one(tenant, binding, input, tally).await else {
+                    let Some(result) = self.preview_one(tenant, binding, input, None, tally).await else {
                         return Ok(());
                     };
                     tally.add(&name, revision, "create", result);
@@ -291,7 +294,8 @@ impl<S: Store> Engine<S> {
     }
 
     /// Replays the tenant's latest `want` changes of the bound kinds and
-    /// operations, up to `revision`, as they were made.
+    /// operations, up to `revision`, as they were made: each with the
+    /// lookups reading the objects as they were just before it.
     async fn preview_changes(
         &self,
         tenant: &str,
@@ -327,7 +331,8 @@ impl<S: Store> Engine<S> {
                 now_unix_ms: u64::try_from(change.time_unix_ms).unwrap_or_default(),
             };
             let name = names::name_of_key(&change.key);
-            let Some(result) = self.preview_one(tenant, binding, input, tally).await else {
+            let before = Some(change.revision);
+            let Some(result) = self.preview_one(tenant, binding, input, before, tally).await else {
                 return Ok(());
             };
             tally.add(&name, change.revision, &change.operation, result);

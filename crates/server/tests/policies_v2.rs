@@ -330,7 +330,7 @@ async fn lookups_see_only_the_tenants_resources_and_are_capped() {
         Code::FailedPrecondition,
         "POLICY_DENIED",
     );
-    let revision = u64::from_str_radix(a.etag.trim_matches('"'), 16).unwrap();
+    let revision = revision_of(&a.etag);
     assert!(
         f.message.ends_with(&format!(
             "tenants/acme/vms/a=STOPPED@{revision};tenants/other/vms/a=none;tenants/acme/policies/report=none;tenants/acme/users/nobody=none;tenants/acme/vms/b=none"
@@ -617,10 +617,7 @@ async fn a_preview_counts_exactly_names_the_resources_and_writes_nothing() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        u64::from_str_radix(next.etag.trim_matches('"'), 16).unwrap(),
-        few.revision + 1
-    );
+    assert_eq!(revision_of(&next.etag), few.revision + 1);
 
     // Bounded requests, and admins only.
     let mut too_many = preview(&candidate, false, 10_001);
@@ -654,6 +651,113 @@ async fn a_preview_counts_exactly_names_the_resources_and_writes_nothing() {
         "INVALID_FIELD",
     );
     server.stop().await;
+}
+
+/// The revision an etag names.
+fn revision_of(etag: &str) -> u64 {
+    u64::from_str_radix(etag.trim_matches('"'), 16).unwrap()
+}
+
+/// A preview replays a change with its lookups reading the objects as
+/// they were just before it, and judges current objects on the store as it
+/// is: the `lookups` test policy reports what it read.
+async fn previews_look_up_the_past(server: &TestServer) {
+    let mut vms = server.vms("acme-editor");
+    let gone = vms
+        .create_virtual_machine(create_vm("gone"))
+        .await
+        .unwrap()
+        .into_inner();
+    let referenced = vms
+        .create_virtual_machine(create_vm("ref"))
+        .await
+        .unwrap()
+        .into_inner();
+    vms.create_virtual_machine(labelled("probe", &[("lookup", "vms.ref_vms.later_vms.gone")]))
+        .await
+        .unwrap();
+    // After the probe's create: ref starts, later appears, gone goes.
+    let started = vms
+        .start_virtual_machine(StartVirtualMachineRequest {
+            name: "tenants/acme/vms/ref".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let later = vms
+        .create_virtual_machine(create_vm("later"))
+        .await
+        .unwrap()
+        .into_inner();
+    vms.delete_virtual_machine(DeleteVirtualMachineRequest {
+        name: "tenants/acme/vms/gone".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let reporter = binding(guests::LOOKUPS, &["vm"], serde_json::json!({"report": true}));
+    let mut policies = server.policies("root");
+    let probe = |response: &PreviewPolicyResponse| {
+        let samples: Vec<&str> = response
+            .samples
+            .iter()
+            .filter(|s| s.name == "tenants/acme/vms/probe")
+            .map(|s| s.message.as_str())
+            .collect();
+        match samples[..] {
+            [message] => message.to_string(),
+            _ => panic!("one sample of the probe, not {samples:?}"),
+        }
+    };
+    let replayed = policies
+        .preview_policy(preview(&reporter, false, 100))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        probe(&replayed),
+        format!(
+            "tenants/acme/vms/ref={}@{};tenants/acme/vms/later=none;tenants/acme/vms/gone={}@{}",
+            referenced.state().as_str_name(),
+            revision_of(&referenced.etag),
+            gone.state().as_str_name(),
+            revision_of(&gone.etag),
+        )
+    );
+    let current = policies
+        .preview_policy(preview(&reporter, true, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        probe(&current),
+        format!(
+            "tenants/acme/vms/ref={}@{};tenants/acme/vms/later={}@{};tenants/acme/vms/gone=none",
+            started.state().as_str_name(),
+            revision_of(&started.etag),
+            later.state().as_str_name(),
+            revision_of(&later.etag),
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_replays_changes_with_lookups_as_they_were_on_rocksdb() {
+    let server = TestServer::start().await;
+    previews_look_up_the_past(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_replays_changes_with_lookups_as_they_were_on_etcd() {
+    let etcd = Etcd::start();
+    let servers = replicas_on_etcd(&etcd, 1, |_| {}).await;
+    previews_look_up_the_past(&servers[0]).await;
+    for server in servers {
+        server.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -113,6 +113,10 @@ impl Store for AnyStore {
         each!(self, s => s.history(key, before, limit).await)
     }
 
+    async fn version_before(&self, key: &[u8], revision: u64) -> Result<Option<Versioned>, StoreError> {
+        each!(self, s => s.version_before(key, revision).await)
+    }
+
     async fn compact(&self, cutoff_unix_ms: i64, now_unix_ms: i64) -> Result<u64, StoreError> {
         each!(self, s => s.compact(cutoff_unix_ms, now_unix_ms).await)
     }

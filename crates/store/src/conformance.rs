@@ -32,6 +32,7 @@ macro_rules! conformance_behaviours {
             watch_delivers_commits,
             idle_watch_reports_progress,
             history_lists_changes,
+            versions_before_revisions,
         );
         $shared!(
             concurrent_creates_have_one_winner,
@@ -705,6 +706,46 @@ pub async fn history_lists_changes(store: &impl Store) {
     assert!(store.history(b"h/vm/none", 0, 10).await.unwrap().is_empty());
 }
 
+/// An object as it was just before a revision: absent before its create,
+/// each version until the next, nothing after its delete.
+pub async fn versions_before_revisions(store: &impl Store) {
+    let v1 = store
+        .commit(put("vb/vm/a", Expect::Absent, "v1"))
+        .await
+        .unwrap()
+        .revision;
+    let other = store
+        .commit(put("vb/vm/b", Expect::Absent, "b"))
+        .await
+        .unwrap()
+        .revision;
+    let v2 = store
+        .commit(put("vb/vm/a", Expect::Revision(v1), "v2"))
+        .await
+        .unwrap()
+        .revision;
+    let gone = store.commit(delete("vb/vm/a", v2)).await.unwrap().revision;
+    let before = |key: &'static str, revision: u64| async move {
+        store
+            .version_before(key.as_bytes(), revision)
+            .await
+            .unwrap()
+            .map(|v| (v.revision, String::from_utf8(v.value).unwrap()))
+    };
+    assert_eq!(before("vb/vm/a", v1).await, None, "before its create");
+    assert_eq!(before("vb/vm/a", other).await, Some((v1, "v1".into())));
+    assert_eq!(before("vb/vm/a", v2).await, Some((v1, "v1".into())));
+    assert_eq!(before("vb/vm/a", gone).await, Some((v2, "v2".into())));
+    assert_eq!(before("vb/vm/a", gone + 1).await, None, "after its delete");
+    assert_eq!(before("vb/vm/b", other).await, None);
+    assert_eq!(
+        before("vb/vm/b", gone).await,
+        Some((other, "b".into())),
+        "unchanged since"
+    );
+    assert_eq!(before("vb/vm/none", gone).await, None);
+}
+
 /// Compaction forgets old changes: a watch or read from before it fails
 /// with the oldest retained revision, one from after it works.
 pub async fn compaction_bounds_history(store: &impl Store) {
@@ -729,6 +770,17 @@ pub async fn compaction_bounds_history(store: &impl Store) {
     ));
     let current = store.get(b"c/vm/a").await.unwrap().unwrap();
     assert_eq!(current.revision, newer.revision, "compaction keeps the objects");
+    // Before the newer version: the older one, whose change is gone. A
+    // backend that keeps a change's previous value with it (RocksDB) still
+    // has it, without its revision; one that reads it from the compacted
+    // version (etcd) says it is compacted.
+    match store.version_before(b"c/vm/a", newer.revision).await {
+        Ok(Some(v)) => assert_eq!((v.revision, v.value.as_slice()), (0, &b"v1"[..])),
+        Err(StoreError::Compacted { .. }) => {}
+        other => panic!("expected v1 or compacted, got {other:?}"),
+    }
+    let since = store.version_before(b"c/vm/a", newer.revision + 1).await.unwrap();
+    assert_eq!(since.map(|v| v.revision), Some(newer.revision), "unchanged since");
     let mut stream = store.watch(b"c/", oldest).await.unwrap();
     let later = store
         .commit(put("c/vm/a", Expect::Revision(newer.revision), "v3"))

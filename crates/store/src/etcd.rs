@@ -458,6 +458,25 @@ impl Store for EtcdStore {
         }
     }
 
+    /// Unchanged since: as it is now. Otherwise etcd keeps the object's
+    /// earlier versions until compaction: the object read at the revision
+    /// before.
+    async fn version_before(&self, key: &[u8], revision: u64) -> Result<Option<Versioned>, StoreError> {
+        let current = self.get(key).await?;
+        if let Some(current) = current.filter(|c| c.revision < revision) {
+            return Ok(Some(current));
+        }
+        let Some(then) = revision.checked_sub(1).filter(|r| *r > 0) else {
+            return Ok(None);
+        };
+        let options = GetOptions::new().with_revision(etcd_revision(then));
+        match self.get_one(self.keys.object(key), Some(options)).await {
+            Ok(kv) => Ok(kv.map(|kv| versioned(&kv))),
+            Err(StoreError::Compacted { .. }) => Err(self.compacted_error(then).await),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn scan(
         &self,
         prefix: &[u8],

@@ -313,6 +313,11 @@ pub type ChangeStream = Pin<Box<dyn Stream<Item = Result<WatchItem, StoreError>>
 /// Statistics records: (key, value) pairs in key order.
 pub type StatsRecords = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Most changes of one object [`Store::version_before`] walks back.
+pub const VERSION_BEFORE_MAX_CHANGES: usize = 256;
+/// Changes of one object read at a time by [`Store::version_before`].
+const VERSION_BEFORE_PAGE: usize = 64;
+
 /// The storage contract every backend implements.
 ///
 /// Reads see every commit that has returned. Commits are linearizable:
@@ -411,6 +416,66 @@ pub trait Store: Send + Sync + 'static {
         before: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<ChangeEvent>, StoreError>> + Send;
+
+    /// The version of an object just before `revision` was committed:
+    /// what a read then would have returned (`None`: absent). Read from the
+    /// object and its retained changes; the version's revision is 0 when
+    /// the change that wrote it is no longer retained. Fails with
+    /// [`StoreError::Compacted`] when what the object was then is not
+    /// retained, or lies more than [`VERSION_BEFORE_MAX_CHANGES`] changes
+    /// back.
+    fn version_before(
+        &self,
+        key: &[u8],
+        revision: u64,
+    ) -> impl Future<Output = Result<Option<Versioned>, StoreError>> + Send {
+        async move {
+            // Unchanged since: as it is now.
+            let current = self.get(key).await?;
+            if let Some(current) = current.as_ref().filter(|c| c.revision < revision) {
+                return Ok(Some(current.clone()));
+            }
+            // The newest retained change before it wrote it (or deleted it).
+            match self.history(key, revision, 1).await {
+                Ok(mut newest) => {
+                    if let Some(change) = newest.pop() {
+                        return Ok(change.after.map(|value| Versioned {
+                            revision: change.revision,
+                            value,
+                        }));
+                    }
+                }
+                Err(StoreError::Compacted { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            // No change before it is retained: the oldest retained change
+            // after it says what was there before (`None`: it created the
+            // object, or the object never existed).
+            let compacted = || StoreError::Compacted {
+                requested: revision.saturating_sub(1),
+                oldest: revision,
+            };
+            let mut cursor = 0;
+            let mut oldest = None;
+            for _ in 0..VERSION_BEFORE_MAX_CHANGES / VERSION_BEFORE_PAGE {
+                let page = self.history(key, cursor, VERSION_BEFORE_PAGE).await?;
+                let complete = page.len() < VERSION_BEFORE_PAGE;
+                if let Some(last) = page.into_iter().next_back() {
+                    cursor = last.revision;
+                    oldest = Some(last);
+                }
+                if complete || cursor <= 1 {
+                    return match oldest {
+                        Some(change) if change.revision < revision => Err(compacted()),
+                        Some(change) => Ok(change.before.map(|value| Versioned { revision: 0, value })),
+                        None if current.is_some() => Err(compacted()),
+                        None => Ok(None),
+                    };
+                }
+            }
+            Err(compacted())
+        }
+    }
 
     /// Forgets changes made before `cutoff_unix_ms` and idempotency records
     /// expired by `now_unix_ms`; returns the oldest revision still
