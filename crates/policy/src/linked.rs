@@ -10,8 +10,8 @@
 //! A component that imports nothing asynchronous (no WASI, no `lookup`;
 //! only `log` and interfaces of types) is also instantiated and called
 //! *inline*: on the caller's thread, without the fiber that an async call
-//! takes from the pool, switches to and gives back — about a sixth of what
-//! the smallest evaluation costs.
+//! takes from the pool, switches to and gives back: 5–10% of what the
+//! smallest evaluation costs.
 
 // The one unchecked call below is why this module may use unsafe code.
 #![allow(unsafe_code)]

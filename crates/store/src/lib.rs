@@ -432,8 +432,8 @@ pub trait Store: Send + Sync + 'static {
         async move {
             // Unchanged since: as it is now.
             let current = self.get(key).await?;
-            if let Some(current) = current.as_ref().filter(|c| c.revision < revision) {
-                return Ok(Some(current.clone()));
+            if current.as_ref().is_some_and(|c| c.revision < revision) {
+                return Ok(current);
             }
             // The newest retained change before it wrote it (or deleted it).
             match self.history(key, revision, 1).await {
