@@ -414,15 +414,27 @@ fn policies_without_async_imports_run_inline_and_long_ones_go_on_a_fiber() {
         timeout: Duration::from_secs(20),
         memory_bytes: 16 << 20,
     };
+    // Runs `input` a few times, checking each result; whether any of the
+    // runs ended inline (an epoch tick can land inside a short evaluation
+    // too, and send it to a fiber: not in all of them).
+    let some_inline = |limits: Limits, input: &Input, check: &dyn Fn(Result<Verdict, _>)| {
+        let mut inline = false;
+        for _ in 0..5 {
+            let before = host.inline_overruns();
+            check(host.evaluate_blocking("spin", "spin", limits, input));
+            inline |= host.inline_overruns() == before;
+        }
+        inline
+    };
     // A short evaluation ends inline.
-    let quick = host.evaluate_blocking("spin", "spin", patient, &spin(None));
-    assert_eq!(quick, Ok(Verdict::Allow));
-    assert_eq!(host.inline_overruns(), 0);
+    let allowed = |result| assert_eq!(result, Ok(Verdict::Allow));
+    assert!(some_inline(patient, &spin(None), &allowed));
     // One that runs past an epoch tick (a few hundred milliseconds of
     // looping) is interrupted and runs again on a fiber, which decides.
+    let before = host.inline_overruns();
     let long = host.evaluate_blocking("spin", "spin", patient, &spin(Some("300")));
     assert_eq!(long, Ok(Verdict::Allow));
-    assert_eq!(host.inline_overruns(), 1);
+    assert_eq!(host.inline_overruns(), before + 1);
     // One that never ends stops at its time limit, counted from the
     // inline start, with the fault of a timeout.
     let limits = Limits {
@@ -440,15 +452,15 @@ fn policies_without_async_imports_run_inline_and_long_ones_go_on_a_fiber() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(host.inline_overruns(), 2);
+    assert_eq!(host.inline_overruns(), before + 2);
     // Unbounded recursion on the caller's own stack traps at the wasm
     // stack limit, as on a fiber.
-    let fault = host
-        .evaluate_blocking("spin", "spin", limits, &spin(Some("deep")))
-        .unwrap_err();
-    assert_eq!(fault.kind, FaultKind::Trap, "{}", fault.detail);
-    assert!(fault.detail.contains("stack overflow"), "{}", fault.detail);
-    assert_eq!(host.inline_overruns(), 2);
+    let overflowed = |result: Result<Verdict, arbiter_core::policy::Fault>| {
+        let fault = result.unwrap_err();
+        assert_eq!(fault.kind, FaultKind::Trap, "{}", fault.detail);
+        assert!(fault.detail.contains("stack overflow"), "{}", fault.detail);
+    };
+    assert!(some_inline(limits, &spin(Some("deep")), &overflowed));
     // And the host goes on.
     let after = host.evaluate_blocking("spin", "spin", patient, &spin(None));
     assert_eq!(after, Ok(Verdict::Allow));
