@@ -161,15 +161,22 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let started = Instant::now();
         let method = request.uri().path().to_string();
-        let span = tracing::info_span!(
-            "rpc",
-            method = %method,
-            tenant = tracing::field::Empty,
-            principal = tracing::field::Empty,
-            code = tracing::field::Empty,
-            latency_ms = tracing::field::Empty,
-        );
-        if !OPEN_PREFIXES.iter().any(|p| method.starts_with(p)) {
+        // The span is made once the caller is known, so that the principal
+        // is one of its fields from the start: every field recorded later
+        // makes the JSON log format write the span's fields out again.
+        let rpc_span = |principal: Option<&str>| {
+            tracing::info_span!(
+                "rpc",
+                method = %method,
+                tenant = tracing::field::Empty,
+                principal = principal,
+                code = tracing::field::Empty,
+                latency_ms = tracing::field::Empty,
+            )
+        };
+        let span = if OPEN_PREFIXES.iter().any(|p| method.starts_with(p)) {
+            rpc_span(None)
+        } else {
             let header = request
                 .headers()
                 .get(http::header::AUTHORIZATION)
@@ -186,17 +193,19 @@ where
             };
             match authenticated {
                 Ok(caller) => {
-                    span.record("principal", caller.principal.as_str());
+                    let span = rpc_span(Some(caller.principal.as_str()));
                     request.extensions_mut().insert(caller);
+                    span
                 }
                 Err(e) => {
                     let status = to_status(&e);
+                    let span = rpc_span(None);
                     span.record("code", tracing::field::debug(status.code()));
                     span.in_scope(|| tracing::info!(latency_ms = 0, "rpc refused: {}", status.message()));
                     return Box::pin(std::future::ready(Ok(status.into_http())));
                 }
             }
-        }
+        };
         let mut watch_permit = None;
         if method == HEALTH_WATCH {
             match Arc::clone(&self.health_watches).try_acquire_owned() {
