@@ -378,6 +378,9 @@ impl Host {
         linker.allow_shadowing(false);
         let stop_ticking = Arc::new(AtomicBool::new(false));
         start_ticker(engine.clone(), Arc::clone(&stop_ticking))?;
+        // Exported from the start, at 0, so that a rate over it is defined
+        // before the first overrun.
+        metrics::counter!("arbiter_policy_inline_overruns_total").increment(0);
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
