@@ -1,7 +1,7 @@
 //! Builds every guest policy from source before the tests that load them:
 //! the Rust examples in `policies/` and the test guests in `tests/guests/`
-//! (hostile, wrong-world, lookups, spin) with `cargo build --target wasm32-wasip2
-//! --release`, and the Python example with componentize-py. The components
+//! (hostile, wrong-world, lookups, spin) with `cargo build --target
+//! wasm32-wasip2 --release`, and the Python example with componentize-py. The components
 //! land in `<target dir>/wasm-guests`, a target dir of their own so that the
 //! nested cargo never waits on the lock of the build that runs this script.
 
