@@ -1,9 +1,10 @@
 //! Builds every guest policy from source before the tests that load them:
 //! the Rust examples in `policies/` and the test guests in `tests/guests/`
 //! (hostile, wrong-world, lookups, spin) with `cargo build --target
-//! wasm32-wasip2 --release`, and the Python example with componentize-py. The components
-//! land in `<target dir>/wasm-guests`, a target dir of their own so that the
-//! nested cargo never waits on the lock of the build that runs this script.
+//! wasm32-wasip2 --release`, and the Python example with componentize-py.
+//! The components land in `<target dir>/wasm-guests`, a target dir of their
+//! own so that the nested cargo never waits on the lock of the build that
+//! runs this script.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
