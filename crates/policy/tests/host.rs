@@ -466,6 +466,56 @@ fn policies_without_async_imports_run_inline_and_long_ones_go_on_a_fiber() {
     assert_eq!(after, Ok(Verdict::Allow));
 }
 
+/// Many evaluations of one tenant at once, through the host's slots,
+/// inline and (those that run past a tick) again on a fiber: each request
+/// gets the answer to its own input from the module of its own call, and
+/// none times out waiting for a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_inline_evaluations_of_a_tenant_each_get_their_own_answer() {
+    use arbiter_core::policy::PolicyRuntime;
+    let host = host_with_both_guards();
+    host.load_blocking("spin", &guests::read(guests::SPIN)).unwrap();
+    let tasks: Vec<_> = (0..96)
+        .map(|i| {
+            let host = host.clone();
+            tokio::spawn(async move {
+                // vm-guard allows e2-small and denies m9-enormous; spin
+                // allows both, now and then after running past a tick.
+                let (digest, machine_type, spin) = match i % 4 {
+                    0 => ("vm-guard", "e2-small", None),
+                    1 => ("vm-guard", "m9-enormous", None),
+                    2 => ("spin", "m9-enormous", None),
+                    _ => ("spin", "m9-enormous", Some(if i % 12 == 3 { "20" } else { "0" })),
+                };
+                let mut input = vm_create(machine_type, &[]);
+                if let (Some(label), Some(object)) = (spin, input.proposed.as_mut()) {
+                    object.labels = vec![("spin".into(), label.into())];
+                }
+                let call = Call {
+                    limits: Limits {
+                        timeout: Duration::from_secs(10),
+                        ..LIMITS
+                    },
+                    ..call(digest, "{}")
+                };
+                let verdict = host.evaluate(call, std::sync::Arc::new(input)).await;
+                (digest, machine_type, verdict)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (digest, machine_type, verdict) = task.await.unwrap();
+        match (digest, machine_type) {
+            ("vm-guard", "m9-enormous") => assert!(
+                matches!(&verdict, Ok(Verdict::Deny(d)) if d.reason == "MACHINE_TYPE_NOT_ALLOWED"),
+                "{digest} {machine_type}: {verdict:?}"
+            ),
+            _ => assert_eq!(verdict, Ok(Verdict::Allow), "{digest} {machine_type}"),
+        }
+    }
+    assert!(host.inline_overruns() >= 8, "{}", host.inline_overruns());
+}
+
 #[test]
 fn uploads_that_are_not_policies_say_why() {
     let host = host();
