@@ -82,6 +82,24 @@ fn evaluate(c: &mut Criterion) {
     });
     group.finish();
 
+    // The same without instances prepared ahead: each evaluation makes its
+    // instance and drops its store itself, on the caller's thread.
+    let on_path = Host::new(&HostConfig {
+        prepare_ahead: false,
+        ..config.clone()
+    })
+    .unwrap();
+    on_path.load_blocking("vm-guard", &module).unwrap();
+    let mut group = c.benchmark_group("vm-guard, nothing prepared ahead");
+    group.bench_function("stop prod VM (deny, labels only)", |b| {
+        b.iter(|| on_path.evaluate_blocking("vm-guard", "bench", limits, &stop))
+    });
+    group.bench_function("create VM (allow, parses spec JSON)", |b| {
+        b.iter(|| on_path.evaluate_blocking("vm-guard", "bench", limits, &create))
+    });
+    group.finish();
+    drop(on_path);
+
     // The least an evaluation can cost: prompt-review allows anything that
     // is not a prompt as soon as it has read the kind. What is left is the
     // fresh store, the instance, the call and the decision.

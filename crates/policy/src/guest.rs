@@ -103,6 +103,24 @@ impl GuestState {
         self
     }
 
+    /// Readies the state of a prepared instance for a request made at
+    /// `now_unix_ms` with `memory_bytes` of linear memory, or says that
+    /// the instance already holds more than that.
+    pub fn ready_for(&mut self, now_unix_ms: u64, memory_bytes: u64) -> bool {
+        if u64::try_from(self.limiter.used()).unwrap_or(u64::MAX) > memory_bytes {
+            return false;
+        }
+        self.now_unix_ms = now_unix_ms;
+        self.limiter.set_limit(memory_bytes);
+        true
+    }
+
+    /// Lets go of what the state reads through (the store behind
+    /// `lookup`), before the store is dropped elsewhere, later.
+    pub fn release(&mut self) {
+        self.lookup = None;
+    }
+
     /// What the policy wrote to stdout and to stderr.
     pub fn output(&self) -> (Vec<u8>, Vec<u8>) {
         match &self.output {

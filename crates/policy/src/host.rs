@@ -12,7 +12,7 @@ use arbiter_core::policy::{
 use std::time::Instant;
 
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, Instance, Linker};
 use wasmtime::{
     Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
     Trap, UpdateDeadline,
@@ -23,6 +23,7 @@ use crate::convert;
 use crate::guest::GuestState;
 use crate::linked;
 use crate::logs::{LogLimiter, lines_of};
+use crate::prepared::{self, Maker, Prepared};
 
 /// How often the epoch advances: the resolution of time limits.
 const TICK: Duration = Duration::from_millis(2);
@@ -56,6 +57,10 @@ pub struct HostConfig {
     /// Modules kept compiled in memory; the least recently used beyond
     /// are dropped (and compiled again from the disk cache when needed).
     pub max_loaded: usize,
+    /// Whether a thread of the host makes instances of the modules in use
+    /// ahead of their inline evaluations, and drops their stores after
+    /// them, off the requests' path (see `prepared.rs`).
+    pub prepare_ahead: bool,
 }
 
 impl Default for HostConfig {
@@ -71,6 +76,7 @@ impl Default for HostConfig {
             compile_wait: Duration::from_secs(30),
             compile_timeout: Duration::from_secs(120),
             max_loaded: 512,
+            prepare_ahead: true,
         }
     }
 }
@@ -193,6 +199,32 @@ enum Pre {
 }
 
 impl Pre {
+    /// Instantiates the module inline (see [`Pre::inline`]).
+    fn instantiate_inline(&self, store: &mut Store<GuestState>) -> wasmtime::Result<Instance> {
+        match self {
+            Pre::V1(pre) => pre.instantiate_inline(store),
+            Pre::V2(pre) => pre.instantiate_inline(store),
+        }
+    }
+
+    /// Calls `evaluate` of `instance` inline (see [`Pre::inline`]).
+    fn call_inline(
+        &self,
+        store: &mut Store<GuestState>,
+        instance: &Instance,
+        call: &Call,
+        input: &Input,
+    ) -> wasmtime::Result<Verdict> {
+        match self {
+            Pre::V1(pre) => pre
+                .call_inline(store, instance, &convert::v1::request(input))
+                .map(convert::v1::verdict),
+            Pre::V2(pre) => pre
+                .call_inline(store, instance, &convert::v2::request(input, &call.settings_json))
+                .map(convert::v2::verdict),
+        }
+    }
+
     /// Whether evaluations of this module start inline (see
     /// [`Inner::evaluate`]).
     fn inline(&self) -> bool {
@@ -213,17 +245,39 @@ struct Inner {
     logs: LogLimiter,
     /// Inline evaluations that outran their slice and ran again on a fiber.
     overruns: std::sync::atomic::AtomicU64,
+    /// Instances made ahead for inline evaluations, and spent stores.
+    prepared: Arc<Prepared>,
+    /// The memory limit a prepared instance is made with.
+    max_memory_bytes: u64,
     stop_ticking: Arc<AtomicBool>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.stop_ticking.store(true, Ordering::Release);
+        self.prepared.stop();
     }
+}
+
+/// Prepared instances: per module, and in all as a share of the pool.
+const PREPARED_PER_MODULE: usize = 16;
+
+/// How many prepared instances may wait, and how many spent stores: half
+/// as many as evaluations may run at once, each. Each holds a slot of the
+/// pool besides those of the evaluations.
+fn prepared_room(config: &HostConfig) -> (usize, usize) {
+    if !config.prepare_ahead {
+        return (0, 0);
+    }
+    let half = usize::try_from(config.max_concurrent / 2).unwrap_or(0);
+    (half, half)
 }
 
 fn pool(config: &HostConfig) -> PoolingAllocationConfig {
     let n = config.max_concurrent.max(1);
+    let (ready, spent) = prepared_room(config);
+    // Evaluations, and the instances prepared for them or spent.
+    let instances = n.saturating_add(u32::try_from(ready + spent).unwrap_or(u32::MAX));
     let mut pool = PoolingAllocationConfig::new();
     // A component holds several core instances (its module, WASI adapter,
     // shims), each with its memory or tables.
@@ -231,14 +285,14 @@ fn pool(config: &HostConfig) -> PoolingAllocationConfig {
     // component (one with a hundred memories, say) can drain it and make
     // other tenants' policies fail to start; a component over its share
     // is refused at upload.
-    pool.total_component_instances(n)
-        // Each evaluation runs on a fiber stack of its own.
+    pool.total_component_instances(instances)
+        // Each evaluation on a fiber runs on a stack of its own.
         .total_stacks(n)
-        .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+        .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
         .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
-        .total_memories(n.saturating_mul(MEMORIES_PER_COMPONENT))
+        .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
         .max_memories_per_component(MEMORIES_PER_COMPONENT)
-        .total_tables(n.saturating_mul(TABLES_PER_COMPONENT))
+        .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
         .max_tables_per_component(TABLES_PER_COMPONENT)
         .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX))
         .max_tables_per_module(8)
@@ -381,7 +435,9 @@ impl Host {
         // Exported from the start, at 0, so that a rate over it is defined
         // before the first overrun.
         metrics::counter!("arbiter_policy_inline_overruns_total").increment(0);
-        Ok(Self {
+        let (ready, spent) = prepared_room(config);
+        let prepared = Prepared::new(PREPARED_PER_MODULE, ready, spent);
+        let host = Self {
             inner: Arc::new(Inner {
                 engine,
                 linker,
@@ -402,9 +458,15 @@ impl Host {
                 slots: Slots::new(config),
                 logs: LogLimiter::default(),
                 overruns: std::sync::atomic::AtomicU64::new(0),
+                prepared: Arc::clone(&prepared),
+                max_memory_bytes: config.max_memory_bytes,
                 stop_ticking,
             }),
-        })
+        };
+        prepared
+            .start(Arc::downgrade(&host.inner))
+            .map_err(|e| HostError(format!("cannot start the preparing thread: {e}")))?;
+        Ok(host)
     }
 
     /// Compiles and links `module`, keeping it under `digest`. Blocking:
@@ -433,6 +495,12 @@ impl Host {
     /// fiber since the host started.
     pub fn inline_overruns(&self) -> u64 {
         self.inner.overruns.load(Ordering::Relaxed)
+    }
+
+    /// How many evaluations ran in an instance prepared ahead of them
+    /// since the host started.
+    pub fn prepared_used(&self) -> u64 {
+        self.inner.prepared.used()
     }
 
     /// Whether evaluations of a loaded module start inline, on the
@@ -548,10 +616,8 @@ impl Inner {
             .ok_or_else(|| Fault::new(FaultKind::Unavailable, format!("module {digest} is not loaded")))
     }
 
-    /// A fresh store for one evaluation, with its limits: past `deadline`
-    /// it is interrupted at the next epoch tick. Before that, at every
-    /// tick, an evaluation on a fiber yields to the runtime; an `inline`
-    /// one is interrupted and marked as having outrun its slice.
+    /// A fresh store for one evaluation, with its limits and deadline
+    /// (see [`arm`]).
     fn store(
         &self,
         now_unix_ms: u64,
@@ -563,27 +629,37 @@ impl Inner {
         let state = GuestState::new(now_unix_ms, limits.memory_bytes).with_lookup(lookup);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
-        store.set_epoch_deadline(1);
-        if inline {
-            store.epoch_deadline_callback(move |mut store| {
-                if Instant::now() < deadline {
-                    store.data_mut().outran_slice = true;
-                }
-                Ok(UpdateDeadline::Interrupt)
-            });
-        } else {
-            store.epoch_deadline_callback(move |_| {
-                Ok(if Instant::now() >= deadline {
-                    UpdateDeadline::Interrupt
-                } else {
-                    // tokio's yield: the evaluation goes on after the
-                    // runtime has polled its I/O and timers, so a long
-                    // evaluation never keeps a worker from new requests.
-                    UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
-                })
-            });
-        }
+        arm(&mut store, deadline, inline);
         store
+    }
+
+    /// One inline evaluation in a prepared instance if one is ready, else
+    /// in a fresh store and instance made here; the store, for
+    /// [`Prepared::retire`].
+    fn evaluate_inline(
+        &self,
+        pre: &Pre,
+        call: &Call,
+        input: &Input,
+        deadline: Instant,
+    ) -> (Store<GuestState>, wasmtime::Result<Verdict>) {
+        if let Some(mut ready) = self.prepared.take(&call.digest) {
+            if ready
+                .store
+                .data_mut()
+                .ready_for(input.now_unix_ms, call.limits.memory_bytes)
+            {
+                arm(&mut ready.store, deadline, true);
+                let result = pre.call_inline(&mut ready.store, &ready.instance, call, input);
+                return (ready.store, result);
+            }
+            self.prepared.retire(ready.store);
+        }
+        let mut store = self.store(input.now_unix_ms, call.limits, None, deadline, true);
+        let result = pre
+            .instantiate_inline(&mut store)
+            .and_then(|instance| pre.call_inline(&mut store, &instance, call, input));
+        (store, result)
     }
 
     /// One evaluation. A module that imports nothing asynchronous starts
@@ -599,17 +675,12 @@ impl Inner {
         let pre = self.loaded(&call.digest)?;
         let deadline = Instant::now() + call.limits.timeout;
         if pre.inline() {
-            let mut store = self.store(input.now_unix_ms, call.limits, None, deadline, true);
-            let result = match &pre {
-                Pre::V1(pre) => pre
-                    .evaluate_inline(&mut store, &convert::v1::request(input))
-                    .map(convert::v1::verdict),
-                Pre::V2(pre) => pre
-                    .evaluate_inline(&mut store, &convert::v2::request(input, &call.settings_json))
-                    .map(convert::v2::verdict),
-            };
-            if result.is_ok() || !store.data().outran_slice {
-                return self.finish(&call.policy, call.limits, store.data(), result);
+            let (store, result) = self.evaluate_inline(&pre, call, input, deadline);
+            let outran = result.is_err() && store.data().outran_slice;
+            let verdict = (!outran).then(|| self.finish(&call.policy, call.limits, store.data(), result));
+            self.prepared.retire(store);
+            if let Some(verdict) = verdict {
+                return verdict;
             }
             self.overruns.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("arbiter_policy_inline_overruns_total").increment(1);
@@ -631,7 +702,9 @@ impl Inner {
                 pre.evaluate(&mut store, &request).await.map(convert::v2::verdict)
             }
         };
-        self.finish(&call.policy, call.limits, store.data(), result)
+        let verdict = self.finish(&call.policy, call.limits, store.data(), result);
+        self.prepared.retire(store);
+        verdict
     }
 
     async fn validate_settings(&self, call: &Call) -> Result<Result<(), String>, Fault> {
@@ -669,6 +742,33 @@ impl Inner {
         self.logs.emit(policy, "stdout", &stdout);
         self.logs.emit(policy, "stderr", &stderr);
         result.map_err(|e| classify(&e, state, limits, &stderr))
+    }
+}
+
+/// Sets `store`'s epoch deadline for an evaluation that must end by
+/// `deadline`: it is interrupted at the first tick past it. Before that,
+/// at every tick, an evaluation on a fiber yields to the runtime; an
+/// `inline` one is interrupted and marked as having outrun its slice.
+fn arm(store: &mut Store<GuestState>, deadline: Instant, inline: bool) {
+    store.set_epoch_deadline(1);
+    if inline {
+        store.epoch_deadline_callback(move |mut store| {
+            if Instant::now() < deadline {
+                store.data_mut().outran_slice = true;
+            }
+            Ok(UpdateDeadline::Interrupt)
+        });
+    } else {
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                // tokio's yield: the evaluation goes on after the
+                // runtime has polled its I/O and timers, so a long
+                // evaluation never keeps a worker from new requests.
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+            })
+        });
     }
 }
 
@@ -714,6 +814,27 @@ fn classify(error: &wasmtime::Error, state: &GuestState, limits: Limits, stderr:
                 first_line(&format!("{error:#}")).to_string(),
             ),
         },
+    }
+}
+
+/// An instantiation off the request's path is interrupted at the next
+/// epoch tick (and its module is not prepared ahead for a while).
+const PREPARE_TICKS: u64 = 1;
+
+impl Maker for Inner {
+    fn make(&self, digest: &str) -> Option<Result<(Store<GuestState>, Instance), ()>> {
+        let pre = self.loaded(digest).ok().filter(Pre::inline)?;
+        let state = GuestState::new(0, self.max_memory_bytes);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(PREPARE_TICKS);
+        let started = Instant::now();
+        let instance = pre.instantiate_inline(&mut store);
+        let quick = started.elapsed() <= prepared::MAKE_AT_MOST;
+        Some(match instance {
+            Ok(instance) if quick && store.data().fault.is_none() => Ok((store, instance)),
+            _ => Err(()),
+        })
     }
 }
 

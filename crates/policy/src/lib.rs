@@ -27,6 +27,10 @@
 //!   request's own task, yielding to the runtime at every tick, so a slow
 //!   policy never holds a worker thread for more than a tick at a time;
 //!   at most as many run at once as the pool has instance slots.
+//! - **Made ahead.** For inline policies, a thread of the host makes
+//!   instances ahead of their evaluations and drops the stores of finished
+//!   ones, off the requests' path and in batches (`prepared.rs`): a request
+//!   takes a never-called instance in its own fresh store and only calls it.
 //!
 //! [`cases`] runs a YAML file of request → expected decision cases against
 //! a module: the engine of `arbiter policy test`.
@@ -38,6 +42,7 @@ mod host;
 pub mod limits;
 mod linked;
 mod logs;
+mod prepared;
 
 pub use host::{Host, HostConfig, default_tenant_concurrency};
 

@@ -36,6 +36,17 @@ impl MemoryLimiter {
     pub fn limit(&self) -> usize {
         self.limit
     }
+
+    /// Bytes of linear memory allowed so far.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    /// Allows `limit` bytes in all from now on (what is already allowed
+    /// stays).
+    pub fn set_limit(&mut self, limit: u64) {
+        self.limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {

@@ -89,18 +89,18 @@ macro_rules! linked {
                 self.pre.instantiate(store)
             }
 
-            /// Instantiates the component in `store` and calls `evaluate`
-            /// inline. Only for a component that [`inline`](Self::inline)
-            /// allows; the store's epoch callback must interrupt, not
-            /// yield.
-            pub fn evaluate_inline(
+            /// Calls `evaluate` of `instance`, an instance of this
+            /// component in `store`, inline. Only for a component that
+            /// [`inline`](Self::inline) allows; the store's epoch callback
+            /// must interrupt, not yield.
+            pub fn call_inline(
                 &self,
                 store: &mut Store<T>,
+                instance: &Instance,
                 request: &$version::arbiter::policy::types::Request,
             ) -> wasmtime::Result<$version::arbiter::policy::types::Decision> {
-                let instance = self.instantiate_inline(store)?;
                 let (decision,) = self
-                    .evaluate_func(store, &instance)?
+                    .evaluate_func(store, instance)?
                     .call(&mut *store, (request,))?;
                 Ok(decision)
             }

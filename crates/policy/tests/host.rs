@@ -466,6 +466,71 @@ fn policies_without_async_imports_run_inline_and_long_ones_go_on_a_fiber() {
     assert_eq!(after, Ok(Verdict::Allow));
 }
 
+/// Inline evaluations run in instances made ahead, off the request's
+/// path, once the host has seen a module evaluated: each instance is still
+/// fresh (called by no evaluation before), and each evaluation keeps the
+/// memory and time limits of its own call.
+#[test]
+fn prepared_instances_are_fresh_and_keep_each_calls_limits() {
+    let host = host();
+    host.load_blocking("spin", &guests::read(guests::SPIN)).unwrap();
+    let patient = Limits {
+        timeout: Duration::from_secs(20),
+        memory_bytes: 16 << 20,
+    };
+    // `once` denies in an instance that ran an evaluation before.
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let mut evaluations = 0;
+    while host.prepared_used() < 100 {
+        assert!(
+            Instant::now() < give_up,
+            "{} of {evaluations} evaluations ran in prepared instances",
+            host.prepared_used()
+        );
+        let verdict = host.evaluate_blocking("spin", "spin", patient, &spin(Some("once")));
+        assert_eq!(verdict, Ok(Verdict::Allow), "evaluation {evaluations}");
+        evaluations += 1;
+    }
+    // Prepared with the host's memory limit, an instance is not used by a
+    // call whose limit is below what it already holds: the evaluation
+    // faults as it would in an instance of its own.
+    let tight = Limits {
+        memory_bytes: 64 << 10,
+        ..patient
+    };
+    for _ in 0..20 {
+        let fault = host
+            .evaluate_blocking("spin", "spin", tight, &spin(None))
+            .unwrap_err();
+        assert_eq!(fault.kind, FaultKind::Memory, "{}", fault.detail);
+    }
+    // The time limit counts from the call, not from when the instance was
+    // made.
+    let used = host.prepared_used();
+    let brief = Limits {
+        timeout: Duration::from_millis(50),
+        ..patient
+    };
+    for _ in 0..3 {
+        let started = Instant::now();
+        let fault = host
+            .evaluate_blocking("spin", "spin", brief, &spin(Some("forever")))
+            .unwrap_err();
+        assert_eq!(fault.kind, FaultKind::Timeout, "{}", fault.detail);
+        assert!(
+            started.elapsed() >= Duration::from_millis(50),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        host.prepared_used() > used,
+        "{} then {}",
+        used,
+        host.prepared_used()
+    );
+}
+
 /// Many evaluations of one tenant at once, through the host's slots,
 /// inline and (those that run past a tick) again on a fiber: each request
 /// gets the answer to its own input from the module of its own call, and

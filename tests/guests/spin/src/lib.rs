@@ -1,7 +1,9 @@
 //! A policy without WASI that runs as long as it is told: the object's
 //! `spin` label is `forever` (it never returns), `deep` (it recurses
 //! without end, on the wasm stack rather than in linear memory) or a
-//! number of million loop iterations after which it allows. Without the
+//! number of million loop iterations after which it allows; `once` allows
+//! only the first evaluation in an instance (a global counter tells), so
+//! that a test sees whether an instance was called before. Without the
 //! label it allows at once.
 
 #![no_std]
@@ -9,8 +11,12 @@
 extern crate alloc;
 
 use core::hint::black_box;
+use core::sync::atomic::{AtomicU32, Ordering};
 
-use arbiter_policy_sdk::{Decision, Policy, Request, allow};
+use arbiter_policy_sdk::{Decision, Policy, Request, allow, conflict};
+
+/// Evaluations this instance has run.
+static CALLS: AtomicU32 = AtomicU32::new(0);
 
 struct Spin;
 
@@ -22,7 +28,14 @@ fn dive(depth: u64) -> u64 {
 
 impl Policy for Spin {
     fn evaluate(req: Request) -> Decision {
+        let calls = CALLS.fetch_add(1, Ordering::Relaxed);
         match req.label("spin") {
+            Some("once") if calls > 0 => conflict(
+                "CALLED_BEFORE",
+                &alloc::format!("this instance ran {calls} evaluations before"),
+            )
+            .into(),
+            Some("once") => allow(),
             Some("forever") => {
                 let mut n: u64 = 0;
                 loop {
