@@ -626,10 +626,17 @@ impl Inner {
         deadline: Instant,
         inline: bool,
     ) -> Store<GuestState> {
-        let state = GuestState::new(now_unix_ms, limits.memory_bytes).with_lookup(lookup);
+        let mut store =
+            self.bare_store(GuestState::new(now_unix_ms, limits.memory_bytes).with_lookup(lookup));
+        arm(&mut store, deadline, inline);
+        store
+    }
+
+    /// A fresh store holding `state`, its memory limited by the state's
+    /// limiter; no deadline yet.
+    fn bare_store(&self, state: GuestState) -> Store<GuestState> {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
-        arm(&mut store, deadline, inline);
         store
     }
 
@@ -824,9 +831,7 @@ const PREPARE_TICKS: u64 = 1;
 impl Maker for Inner {
     fn make(&self, digest: &str) -> Option<Result<(Store<GuestState>, Instance), ()>> {
         let pre = self.loaded(digest).ok().filter(Pre::inline)?;
-        let state = GuestState::new(0, self.max_memory_bytes);
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limiter);
+        let mut store = self.bare_store(GuestState::new(0, self.max_memory_bytes));
         store.set_epoch_deadline(PREPARE_TICKS);
         let started = Instant::now();
         let instance = pre.instantiate_inline(&mut store);
