@@ -191,7 +191,7 @@ impl Prepared {
     /// (its storage engine, say) outlives the evaluation.
     pub fn retire(&self, mut store: Store<GuestState>) {
         store.data_mut().release();
-        if store.data().limiter.used() > RETIRE_AT_MOST {
+        if self.spent_max == 0 || store.data().limiter.used() > RETIRE_AT_MOST {
             drop(store);
             return;
         }
