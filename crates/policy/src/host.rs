@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use arbiter_core::policy::{
 };
 use std::time::Instant;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
 use wasmtime::component::{Component, HasSelf, Instance, Linker};
 use wasmtime::{
     Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
@@ -98,15 +98,54 @@ struct Slots {
     shared: Arc<Semaphore>,
     total: usize,
     per_tenant: usize,
-    tenants: Mutex<HashMap<String, Arc<Semaphore>>>,
+    tenants: Mutex<HashMap<String, Arc<TenantSlots>>>,
     wait: Duration,
 }
 
-/// A slot held for one evaluation.
-struct Slot {
-    _tenant: tokio::sync::OwnedSemaphorePermit,
-    _shared: tokio::sync::OwnedSemaphorePermit,
+/// One tenant's slots, and how many of its evaluations wait in the queue
+/// for one.
+struct TenantSlots {
+    slots: Semaphore,
+    queued: AtomicUsize,
 }
+
+/// A slot held for one evaluation: a permit of the tenant's semaphore and
+/// one of the shared, returned when it drops.
+struct Slot {
+    tenant: Arc<TenantSlots>,
+    shared: Arc<Semaphore>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.tenant.slots.add_permits(1);
+        self.shared.add_permits(1);
+    }
+}
+
+/// One evaluation counted in its tenant's queue while it is there.
+struct InQueue<'a>(&'a AtomicUsize);
+
+impl<'a> InQueue<'a> {
+    fn join(queued: &'a AtomicUsize) -> Self {
+        queued.fetch_add(1, Ordering::Relaxed);
+        Self(queued)
+    }
+}
+
+impl Drop for InQueue<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long an evaluation that runs inline waits on its own thread for a
+/// slot that another inline evaluation holds. Such an evaluation holds its
+/// slot only while it runs, on another thread, for a few microseconds; a
+/// short wait here costs less than waiting as a task, which returns the
+/// request to the runtime and polls it again through the whole service
+/// stack, and hands the slot on in a queue that new requests then join.
+const SPIN_AT_MOST: Duration = Duration::from_micros(40);
 
 impl Slots {
     fn new(config: &HostConfig) -> Self {
@@ -123,7 +162,7 @@ impl Slots {
         }
     }
 
-    fn of_tenant(&self, tenant: &str) -> Arc<Semaphore> {
+    fn of_tenant(&self, tenant: &str) -> Arc<TenantSlots> {
         let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = tenants.get(tenant) {
             return Arc::clone(s);
@@ -132,13 +171,26 @@ impl Slots {
             // Forget the tenants that nothing holds or waits for.
             tenants.retain(|_, s| Arc::strong_count(s) > 1);
         }
-        let s = Arc::new(Semaphore::new(self.per_tenant));
+        let s = Arc::new(TenantSlots {
+            slots: Semaphore::new(self.per_tenant),
+            queued: AtomicUsize::new(0),
+        });
         tenants.insert(tenant.to_string(), Arc::clone(&s));
         s
     }
 
-    /// A slot for `tenant`, or a `Busy` fault once the wait is over.
-    async fn acquire(&self, tenant: &str) -> Result<Slot, Fault> {
+    /// A slot for `tenant`, or a `Busy` fault once the wait is over. An
+    /// `inline` evaluation first waits briefly on this thread (see
+    /// [`SPIN_AT_MOST`]) unless others of the tenant already wait in the
+    /// queue, which it then joins behind them.
+    async fn acquire(&self, tenant: &str, inline: bool) -> Result<Slot, Fault> {
+        let own = self.of_tenant(tenant);
+        if inline
+            && own.queued.load(Ordering::Relaxed) == 0
+            && let Some(slot) = self.take_soon(&own)
+        {
+            return Ok(slot);
+        }
         let deadline = tokio::time::Instant::now() + self.wait;
         let busy = || {
             Fault::new(
@@ -152,18 +204,56 @@ impl Slots {
             )
         };
         let closed = |_| Fault::new(FaultKind::Unavailable, "the policy host is shutting down");
-        let own = tokio::time::timeout_at(deadline, self.of_tenant(tenant).acquire_owned())
-            .await
-            .map_err(|_| busy())?
-            .map_err(closed)?;
-        let shared = tokio::time::timeout_at(deadline, Arc::clone(&self.shared).acquire_owned())
-            .await
-            .map_err(|_| busy())?
-            .map_err(closed)?;
+        let waited = {
+            // Counted until it has a slot, or its request is dropped.
+            let _queued = InQueue::join(&own.queued);
+            tokio::time::timeout_at(deadline, own.slots.acquire()).await
+        };
+        waited.map_err(|_| busy())?.map_err(closed)?.forget();
+        match tokio::time::timeout_at(deadline, self.shared.acquire()).await {
+            Ok(Ok(shared)) => shared.forget(),
+            Ok(Err(e)) => {
+                own.slots.add_permits(1);
+                return Err(closed(e));
+            }
+            Err(_) => {
+                own.slots.add_permits(1);
+                return Err(busy());
+            }
+        }
         Ok(Slot {
-            _tenant: own,
-            _shared: shared,
+            tenant: own,
+            shared: Arc::clone(&self.shared),
         })
+    }
+
+    /// A slot taken on this thread within [`SPIN_AT_MOST`], if one frees.
+    fn take_soon(&self, own: &Arc<TenantSlots>) -> Option<Slot> {
+        let started = Instant::now();
+        loop {
+            match own.slots.try_acquire() {
+                Ok(permit) => match self.shared.try_acquire() {
+                    Ok(shared) => {
+                        permit.forget();
+                        shared.forget();
+                        return Some(Slot {
+                            tenant: Arc::clone(own),
+                            shared: Arc::clone(&self.shared),
+                        });
+                    }
+                    // The shared slots are all taken: those wait in the queue.
+                    Err(_) => return None,
+                },
+                Err(TryAcquireError::Closed) => return None,
+                Err(TryAcquireError::NoPermits) => {}
+            }
+            if started.elapsed() >= SPIN_AT_MOST {
+                return None;
+            }
+            for _ in 0..32 {
+                std::hint::spin_loop();
+            }
+        }
     }
 }
 
@@ -539,7 +629,8 @@ impl Host {
 
     /// Evaluates `call` on `input` on this thread. Blocking.
     pub fn evaluate_call_blocking(&self, call: &Call, input: &Input) -> Result<Verdict, Fault> {
-        futures::executor::block_on(self.inner.evaluate(call, input))
+        let pre = self.inner.loaded(&call.digest)?;
+        futures::executor::block_on(self.inner.evaluate(&pre, call, input))
     }
 
     /// Asks a loaded module whether it accepts `call.settings_json`, on
@@ -678,11 +769,10 @@ impl Inner {
     /// start on a fiber, in a fresh store, within what is left of the
     /// limit. A policy sees only its request, so the second run decides
     /// what the first would have.
-    async fn evaluate(&self, call: &Call, input: &Input) -> Result<Verdict, Fault> {
-        let pre = self.loaded(&call.digest)?;
+    async fn evaluate(&self, pre: &Pre, call: &Call, input: &Input) -> Result<Verdict, Fault> {
         let deadline = Instant::now() + call.limits.timeout;
         if pre.inline() {
-            let (store, result) = self.evaluate_inline(&pre, call, input, deadline);
+            let (store, result) = self.evaluate_inline(pre, call, input, deadline);
             let outran = result.is_err() && store.data().outran_slice;
             let verdict = (!outran).then(|| self.finish(&call.policy, call.limits, store.data(), result));
             self.prepared.retire(store);
@@ -699,7 +789,7 @@ impl Inner {
             deadline,
             false,
         );
-        let result = match &pre {
+        let result = match pre {
             Pre::V1(pre) => {
                 let request = convert::v1::request(input);
                 pre.evaluate(&mut store, &request).await.map(convert::v1::verdict)
@@ -828,14 +918,24 @@ fn classify(error: &wasmtime::Error, state: &GuestState, limits: Limits, stderr:
 /// epoch tick (and its module is not prepared ahead for a while).
 const PREPARE_TICKS: u64 = 1;
 
+/// CPU time this thread has used: what an instantiation costs, which the
+/// wall clock overstates whenever the thread waits for a core.
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
 impl Maker for Inner {
     fn make(&self, digest: &str) -> Option<Result<(Store<GuestState>, Instance), ()>> {
         let pre = self.loaded(digest).ok().filter(Pre::inline)?;
         let mut store = self.bare_store(GuestState::new(0, self.max_memory_bytes));
         store.set_epoch_deadline(PREPARE_TICKS);
-        let started = Instant::now();
+        let started = thread_cpu_time();
         let instance = pre.instantiate_inline(&mut store);
-        let quick = started.elapsed() <= prepared::MAKE_AT_MOST;
+        let quick = thread_cpu_time().saturating_sub(started) <= prepared::MAKE_AT_MOST;
         Some(match instance {
             Ok(instance) if quick && store.data().fault.is_none() => Ok((store, instance)),
             _ => Err(()),
@@ -911,8 +1011,9 @@ impl PolicyRuntime for Host {
     fn evaluate(&self, call: Call, input: Arc<Input>) -> BoxFuture<'_, Result<Verdict, Fault>> {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
-            let _slot = inner.slots.acquire(&input.tenant).await?;
-            inner.evaluate(&call, &input).await
+            let pre = inner.loaded(&call.digest)?;
+            let _slot = inner.slots.acquire(&input.tenant, pre.inline()).await?;
+            inner.evaluate(&pre, &call, &input).await
         })
     }
 
@@ -926,7 +1027,7 @@ impl PolicyRuntime for Host {
         Box::pin(async move {
             // Validations share the slots of evaluations: an admin's
             // uploads never take more than one tenant's share.
-            let _slot = inner.slots.acquire(VALIDATIONS).await?;
+            let _slot = inner.slots.acquire(VALIDATIONS, false).await?;
             let call = Call {
                 settings_json: settings_json.into(),
                 ..Call::new(digest, "settings validation", limits)
@@ -958,5 +1059,78 @@ mod tests {
                 .contains("not WebAssembly")
         );
         assert!(check_header(b"").is_err());
+    }
+
+    fn slots(per_tenant: u32, in_all: u32, wait: Duration) -> Slots {
+        Slots::new(&HostConfig {
+            max_concurrent: in_all,
+            tenant_concurrent: per_tenant,
+            slot_wait: wait,
+            ..HostConfig::default()
+        })
+    }
+
+    fn free(slots: &Slots, tenant: &str) -> (usize, usize) {
+        (
+            slots.of_tenant(tenant).slots.available_permits(),
+            slots.shared.available_permits(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_slot_is_returned_to_both_queues_when_it_drops() {
+        let slots = slots(1, 2, Duration::from_secs(1));
+        let held = slots.acquire("a", true).await.unwrap();
+        assert_eq!(free(&slots, "a"), (0, 1));
+        // An inline evaluation of the same tenant does not take a second
+        // slot while the first is held.
+        assert!(slots.take_soon(&slots.of_tenant("a")).is_none());
+        drop(held);
+        assert_eq!(free(&slots, "a"), (1, 2));
+        let queued = slots.acquire("a", false).await.unwrap();
+        assert_eq!(free(&slots, "a"), (0, 1));
+        drop(queued);
+        assert_eq!(free(&slots, "a"), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn a_tenant_that_waited_in_vain_for_a_shared_slot_keeps_its_own() {
+        let slots = slots(1, 1, Duration::from_millis(20));
+        let held = slots.acquire("a", true).await.unwrap();
+        for inline in [true, false] {
+            let fault = slots.acquire("b", inline).await.err().unwrap();
+            assert_eq!(fault.kind, FaultKind::Busy, "{}", fault.detail);
+            assert_eq!(free(&slots, "b"), (1, 0));
+        }
+        drop(held);
+        assert_eq!(free(&slots, "b"), (1, 1));
+        assert!(slots.acquire("b", true).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn inline_evaluations_wait_behind_the_queue_not_before_it() {
+        use futures::FutureExt;
+        let slots = slots(1, 4, Duration::from_secs(5));
+        let held = slots.acquire("a", true).await.unwrap();
+        let mut first = Box::pin(slots.acquire("a", false));
+        assert!((&mut first).now_or_never().is_none());
+        let mut second = Box::pin(slots.acquire("a", true));
+        assert!((&mut second).now_or_never().is_none());
+        drop(held);
+        let first = first.await.unwrap();
+        assert!(
+            (&mut second).now_or_never().is_none(),
+            "the later request took the slot first"
+        );
+        drop(first);
+        let held = second.await.unwrap();
+        // A request dropped while it waits leaves the queue.
+        let mut gone = Box::pin(slots.acquire("a", false));
+        assert!((&mut gone).now_or_never().is_none());
+        assert_eq!(slots.of_tenant("a").queued.load(Ordering::Relaxed), 1);
+        drop(gone);
+        assert_eq!(slots.of_tenant("a").queued.load(Ordering::Relaxed), 0);
+        drop(held);
+        assert_eq!(free(&slots, "a"), (1, 4));
     }
 }

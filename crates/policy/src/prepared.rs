@@ -38,12 +38,14 @@ const MAX_REFUSED: usize = 1024;
 /// How long a module that could not be prepared is not tried again.
 const REFUSED_FOR: Duration = Duration::from_secs(30);
 
-/// Longest an instantiation off the request's path may take. Instances of
-/// the policies this is for take a few microseconds; one that takes longer
-/// (a large memory image, a long start function) is made by its requests,
-/// within their tenant's evaluation slots, so that no tenant has this
-/// thread work for it beyond what its slots allow. (Builds without
-/// optimisations, the tests', instantiate some twenty times slower.)
+/// Most CPU time an instantiation off the request's path may take (CPU
+/// time, not the wall clock: on a busy machine the thread may wait for a
+/// core in the middle of one). Instances of the policies this is for take
+/// a few microseconds; one that takes longer (a large memory image, a long
+/// start function) is made by its requests, within their tenant's
+/// evaluation slots, so that no tenant has this thread work for it beyond
+/// what its slots allow. (Builds without optimisations, the tests',
+/// instantiate some twenty times slower.)
 pub const MAKE_AT_MOST: Duration = if cfg!(debug_assertions) {
     Duration::from_millis(5)
 } else {
