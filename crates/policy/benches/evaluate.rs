@@ -47,6 +47,7 @@ fn evaluate(c: &mut Criterion) {
         .map(|s| s.parse().expect("ARBITER_BENCH_SLOTS is a number of slots"));
     let config = HostConfig {
         max_concurrent: slots.unwrap_or(HostConfig::default().max_concurrent),
+        prepare_ahead: true,
         ..HostConfig::default()
     };
     let host = Host::new(&config).unwrap();

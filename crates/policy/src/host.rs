@@ -59,7 +59,11 @@ pub struct HostConfig {
     pub max_loaded: usize,
     /// Whether a thread of the host makes instances of the modules in use
     /// ahead of their inline evaluations, and drops their stores after
-    /// them, off the requests' path (see `prepared.rs`).
+    /// them, off the requests' path (see `prepared.rs`). Off by default:
+    /// on a machine whose cores the requests keep busy it moves that work
+    /// to another thread without saving any, and handing each store from
+    /// one thread to another costs more than it saves (BENCHMARKS.md, "An
+    /// eleventh look"); it shortens an evaluation where cores are idle.
     pub prepare_ahead: bool,
 }
 
@@ -76,7 +80,7 @@ impl Default for HostConfig {
             compile_wait: Duration::from_secs(30),
             compile_timeout: Duration::from_secs(120),
             max_loaded: 512,
-            prepare_ahead: true,
+            prepare_ahead: false,
         }
     }
 }

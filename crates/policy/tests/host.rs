@@ -472,7 +472,11 @@ fn policies_without_async_imports_run_inline_and_long_ones_go_on_a_fiber() {
 /// memory and time limits of its own call.
 #[test]
 fn prepared_instances_are_fresh_and_keep_each_calls_limits() {
-    let host = host();
+    let host = Host::new(&HostConfig {
+        prepare_ahead: true,
+        ..HostConfig::default()
+    })
+    .unwrap();
     host.load_blocking("spin", &guests::read(guests::SPIN)).unwrap();
     let patient = Limits {
         timeout: Duration::from_secs(20),
