@@ -215,20 +215,27 @@ impl Slots {
         };
         waited.map_err(|_| busy())?.map_err(closed)?.forget();
         match tokio::time::timeout_at(deadline, self.shared.acquire()).await {
-            Ok(Ok(shared)) => shared.forget(),
-            Ok(Err(e)) => {
-                own.slots.add_permits(1);
-                return Err(closed(e));
+            Ok(Ok(shared)) => {
+                shared.forget();
+                Ok(self.held(own))
             }
-            Err(_) => {
+            failed => {
                 own.slots.add_permits(1);
-                return Err(busy());
+                Err(match failed {
+                    Ok(Err(e)) => closed(e),
+                    _ => busy(),
+                })
             }
         }
-        Ok(Slot {
+    }
+
+    /// The slot whose two permits (the tenant's and a shared one) were
+    /// just taken and forgotten: its drop returns them.
+    fn held(&self, own: Arc<TenantSlots>) -> Slot {
+        Slot {
             tenant: own,
             shared: Arc::clone(&self.shared),
-        })
+        }
     }
 
     /// A slot taken on this thread within [`SPIN_AT_MOST`], if one frees.
@@ -240,10 +247,7 @@ impl Slots {
                     Ok(shared) => {
                         permit.forget();
                         shared.forget();
-                        return Some(Slot {
-                            tenant: Arc::clone(own),
-                            shared: Arc::clone(&self.shared),
-                        });
+                        return Some(self.held(Arc::clone(own)));
                     }
                     // The shared slots are all taken: those wait in the queue.
                     Err(_) => return None,
