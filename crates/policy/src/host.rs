@@ -116,50 +116,87 @@ struct Slots {
     wait: Duration,
 }
 
-/// One tenant's slots, and the modules it may not run inline until when.
+/// One tenant's slots, and its modules that ran long inline.
 struct TenantSlots {
     slots: Semaphore,
-    barred: Mutex<HashMap<String, Instant>>,
+    long: Mutex<HashMap<String, LongRuns>>,
+}
+
+/// A module's recent inline runs that took too long, for one tenant.
+struct LongRuns {
+    /// How many since `since`.
+    count: u32,
+    since: Instant,
+    /// Until when the module may not run inline outside the tenant's slots.
+    barred_until: Option<Instant>,
 }
 
 /// Most CPU time an inline evaluation may take (CPU time, not the wall
 /// clock: on a busy machine the thread may wait for a core in the middle
 /// of one). The policies that run inline take a few microseconds, and
-/// the first evaluation in a fresh slot of the pool a few hundred; a
-/// tenant whose evaluation of a module takes longer, or is still running
-/// when the epoch tick that ends it comes this much later, runs that
-/// module in its own slots for [`BARRED_FOR`] (inline first, as before,
-/// then on a fiber), so that no tenant has every core run its policies
-/// beyond what its slots allow.
-/// Half a [`TICK`]: a policy that runs past ticks is barred after its
-/// first two inline runs or so.
+/// the first evaluation in a fresh slot of the pool a few hundred. A
+/// tenant three of whose inline evaluations of a module within
+/// [`LONG_RUNS_WITHIN`] take longer (or are still running when the epoch
+/// tick that ends them comes this much later) runs that module in its own
+/// slots for [`BARRED_FOR`] (inline first, as before, then on a fiber),
+/// so that no tenant has every core run its policies beyond what its
+/// slots allow. Three, because on a busy machine a short evaluation now
+/// and then shows a millisecond of CPU time (time stolen by the
+/// hypervisor, interrupts served on its thread). Half a [`TICK`]: a
+/// policy that runs past ticks is barred after its first six inline runs
+/// or so.
 const INLINE_AT_MOST: Duration = Duration::from_millis(1);
+
+/// Long inline runs of a module, within [`LONG_RUNS_WITHIN`], that bar it.
+const LONG_RUNS: u32 = 3;
+
+/// The window in which [`LONG_RUNS`] long inline runs bar a module.
+const LONG_RUNS_WITHIN: Duration = Duration::from_secs(1);
 
 /// How long a module that ran too long inline runs in its tenant's slots.
 const BARRED_FOR: Duration = Duration::from_secs(30);
 
-/// Most modules barred from running inline outside one tenant's slots at
-/// once; more
+/// Most modules with long inline runs kept for one tenant at once; more
 /// forget the earlier ones.
-const MAX_BARRED: usize = 64;
+const MAX_LONG: usize = 64;
 
 impl TenantSlots {
     /// Whether `digest` may run inline for this tenant outside its slots.
     fn runs_inline(&self, digest: &str) -> bool {
-        let barred = self.barred.lock().unwrap_or_else(|p| p.into_inner());
-        barred.is_empty() || barred.get(digest).is_none_or(|until| Instant::now() >= *until)
+        let long = self.long.lock().unwrap_or_else(|p| p.into_inner());
+        long.is_empty()
+            || long
+                .get(digest)
+                .and_then(|runs| runs.barred_until)
+                .is_none_or(|until| Instant::now() >= until)
     }
 
-    /// Bars `digest` from running inline outside this tenant's slots for
-    /// [`BARRED_FOR`].
-    fn bar(&self, digest: &str) {
-        let mut barred = self.barred.lock().unwrap_or_else(|p| p.into_inner());
+    /// Counts a long inline run of `digest`; whether it bars the module
+    /// from running inline outside this tenant's slots, for [`BARRED_FOR`].
+    fn ran_long(&self, digest: &str) -> bool {
+        let mut long = self.long.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        barred.retain(|_, until| now < *until);
-        if barred.len() >= MAX_BARRED {
-            barred.clear();
+        long.retain(|_, runs| match runs.barred_until {
+            Some(until) => now < until,
+            None => now < runs.since + LONG_RUNS_WITHIN,
+        });
+        if long.len() >= MAX_LONG {
+            long.clear();
         }
-        barred.insert(digest.to_string(), now + BARRED_FOR);
+        let runs = long.entry(digest.to_string()).or_insert(LongRuns {
+            count: 0,
+            since: now,
+            barred_until: None,
+        });
+        if runs.barred_until.is_some() {
+            return false;
+        }
+        runs.count += 1;
+        if runs.count < LONG_RUNS {
+            return false;
+        }
+        runs.barred_until = Some(now + BARRED_FOR);
+        true
     }
 }
 
@@ -206,7 +243,7 @@ impl Slots {
         }
         let s = Arc::new(TenantSlots {
             slots: Semaphore::new(self.per_tenant),
-            barred: Mutex::new(HashMap::new()),
+            long: Mutex::new(HashMap::new()),
         });
         tenants.insert(tenant.to_string(), Arc::clone(&s));
         s
@@ -802,8 +839,8 @@ impl Inner {
     /// again from the start on a fiber, in a fresh store, within what is
     /// left of the limit. A policy sees only its request, so the second run
     /// decides what the first would have. One that took more than
-    /// [`INLINE_AT_MOST`] of CPU time bars its module from running inline
-    /// outside the slots of `own`, its tenant, if given.
+    /// [`INLINE_AT_MOST`] of CPU time counts against its module for `own`,
+    /// its tenant, if given (see [`TenantSlots::ran_long`]).
     fn run_inline(
         &self,
         pre: &Pre,
@@ -820,8 +857,8 @@ impl Inner {
         if let (Some(own), Some((wall, cpu))) = (own, started)
             && wall.elapsed() >= INLINE_AT_MOST
             && thread_cpu_time().saturating_sub(cpu) >= INLINE_AT_MOST
+            && own.ran_long(&call.digest)
         {
-            own.bar(&call.digest);
             self.barred.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("arbiter_policy_inline_barred_total").increment(1);
         }
@@ -1251,17 +1288,20 @@ mod tests {
     }
 
     #[test]
-    fn a_module_barred_from_running_inline_is_barred_for_its_tenant_alone() {
+    fn three_long_runs_bar_a_module_for_their_tenant_alone() {
         let slots = slots(1, 4, Duration::from_secs(1));
         let (a, b) = (slots.of_tenant("a"), slots.of_tenant("b"));
-        assert!(a.runs_inline("m"));
-        a.bar("m");
+        assert!(!a.ran_long("m"));
+        assert!(!a.ran_long("m"));
+        assert!(a.runs_inline("m"), "two long runs do not bar it");
+        assert!(a.ran_long("m"), "the third does");
         assert!(!a.runs_inline("m"));
+        assert!(!a.ran_long("m"), "barred once");
         assert!(a.runs_inline("n"));
         assert!(b.runs_inline("m"));
-        for i in 0..MAX_BARRED * 2 {
-            a.bar(&format!("x{i}"));
+        for i in 0..MAX_LONG * 2 {
+            a.ran_long(&format!("x{i}"));
         }
-        assert!(a.barred.lock().unwrap().len() <= MAX_BARRED);
+        assert!(a.long.lock().unwrap().len() <= MAX_LONG);
     }
 }

@@ -493,16 +493,17 @@ async fn a_module_that_runs_long_inline_is_barred_and_short_ones_are_not() {
     assert_eq!(host.inline_barred(), 0);
     // Ten million loop iterations always outrun the slice; the CPU time
     // spent inline when the tick comes is over the bar about half the
-    // time, so acme is soon barred.
+    // time, and three such runs bar the module, so acme is soon barred.
     let mut long_runs = 0;
     while host.inline_barred() == 0 {
         evaluate("acme", Some("10")).await;
         long_runs += 1;
         assert!(
-            long_runs < 40,
+            long_runs < 80,
             "acme still runs the module inline outside its slots"
         );
     }
+    assert_eq!(host.inline_barred(), 1);
     // Barred, acme's evaluations still decide, in its own slots.
     evaluate("acme", Some("10")).await;
     evaluate("acme", None).await;
