@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,8 +40,7 @@ pub struct HostConfig {
     pub max_concurrent: u32,
     /// Evaluations of one tenant running at once: a tenant whose policies
     /// are slow, or who floods, waits for its own slots and leaves the
-    /// others' free. Inline evaluations of modules that have not run long
-    /// take a shared slot alone (see `Slots`).
+    /// others' free.
     pub tenant_concurrent: u32,
     /// How long an evaluation waits for a slot before the request is
     /// refused with `RATE_LIMITED`.
@@ -99,15 +98,6 @@ const IDLE_TENANTS: usize = 1024;
 /// Evaluation slots: each tenant's own, then the shared ones. A tenant
 /// waits in its own queue first, so that in the shared queue no tenant has
 /// more than its share of waiters ahead of another's.
-///
-/// An inline evaluation takes only a shared slot (an instance of the
-/// pool). It ends within one epoch tick on the thread that serves its
-/// request, so it cannot hold a core longer than the rest of its request
-/// does; waiting for its tenant's slot would only queue requests behind an
-/// evaluation of microseconds. A policy that runs long inline is barred
-/// from running inline outside its tenant's slots for a while (see
-/// [`INLINE_AT_MOST`]): its evaluations then wait for one of them first,
-/// like those on fibers.
 struct Slots {
     shared: Arc<Semaphore>,
     total: usize,
@@ -116,106 +106,50 @@ struct Slots {
     wait: Duration,
 }
 
-/// One tenant's slots, and its modules that ran long inline.
+/// One tenant's slots, and how many of its evaluations wait in the queue
+/// for one.
 struct TenantSlots {
     slots: Semaphore,
-    long: Mutex<HashMap<String, LongRuns>>,
+    queued: AtomicUsize,
 }
 
-/// A module's recent inline runs that took too long, for one tenant.
-struct LongRuns {
-    /// How many since `since`.
-    count: u32,
-    since: Instant,
-    /// Until when the module may not run inline outside the tenant's slots.
-    barred_until: Option<Instant>,
-}
-
-/// Most CPU time an inline evaluation may take (CPU time, not the wall
-/// clock: on a busy machine the thread may wait for a core in the middle
-/// of one). The policies that run inline take a few microseconds, and
-/// the first evaluation in a fresh slot of the pool a few hundred. A
-/// tenant three of whose inline evaluations of a module within
-/// [`LONG_RUNS_WITHIN`] take longer (or are still running when the epoch
-/// tick that ends them comes this much later) runs that module in its own
-/// slots for [`BARRED_FOR`] (inline first, as before, then on a fiber),
-/// so that no tenant has every core run its policies beyond what its
-/// slots allow. Three, because on a busy machine a short evaluation now
-/// and then shows a millisecond of CPU time (time stolen by the
-/// hypervisor, interrupts served on its thread). Half a [`TICK`]: a
-/// policy that runs past ticks is barred after its first six inline runs
-/// or so.
-const INLINE_AT_MOST: Duration = Duration::from_millis(1);
-
-/// Long inline runs of a module, within [`LONG_RUNS_WITHIN`], that bar it.
-const LONG_RUNS: u32 = 3;
-
-/// The window in which [`LONG_RUNS`] long inline runs bar a module.
-const LONG_RUNS_WITHIN: Duration = Duration::from_secs(1);
-
-/// How long a module that ran too long inline runs in its tenant's slots.
-const BARRED_FOR: Duration = Duration::from_secs(30);
-
-/// Most modules with long inline runs kept for one tenant at once; more
-/// forget the earlier ones.
-const MAX_LONG: usize = 64;
-
-impl TenantSlots {
-    /// Whether `digest` may run inline for this tenant outside its slots.
-    fn runs_inline(&self, digest: &str) -> bool {
-        let long = self.long.lock().unwrap_or_else(|p| p.into_inner());
-        long.is_empty()
-            || long
-                .get(digest)
-                .and_then(|runs| runs.barred_until)
-                .is_none_or(|until| Instant::now() >= until)
-    }
-
-    /// Counts a long inline run of `digest`; whether it bars the module
-    /// from running inline outside this tenant's slots, for [`BARRED_FOR`].
-    fn ran_long(&self, digest: &str) -> bool {
-        let mut long = self.long.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        long.retain(|_, runs| match runs.barred_until {
-            Some(until) => now < until,
-            None => now < runs.since + LONG_RUNS_WITHIN,
-        });
-        if long.len() >= MAX_LONG {
-            long.clear();
-        }
-        let runs = long.entry(digest.to_string()).or_insert(LongRuns {
-            count: 0,
-            since: now,
-            barred_until: None,
-        });
-        if runs.barred_until.is_some() {
-            return false;
-        }
-        runs.count += 1;
-        if runs.count < LONG_RUNS {
-            return false;
-        }
-        runs.barred_until = Some(now + BARRED_FOR);
-        true
-    }
-}
-
-/// A slot held for one evaluation: a permit of the shared semaphore, and
-/// one of the tenant's unless the evaluation runs inline; returned when it
-/// drops.
+/// A slot held for one evaluation: a permit of the tenant's semaphore and
+/// one of the shared, returned when it drops.
 struct Slot {
-    tenant: Option<Arc<TenantSlots>>,
+    tenant: Arc<TenantSlots>,
     shared: Arc<Semaphore>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(tenant) = &self.tenant {
-            tenant.slots.add_permits(1);
-        }
+        self.tenant.slots.add_permits(1);
         self.shared.add_permits(1);
     }
 }
+
+/// One evaluation counted in its tenant's queue while it is there.
+struct InQueue<'a>(&'a AtomicUsize);
+
+impl<'a> InQueue<'a> {
+    fn join(queued: &'a AtomicUsize) -> Self {
+        queued.fetch_add(1, Ordering::Relaxed);
+        Self(queued)
+    }
+}
+
+impl Drop for InQueue<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long an evaluation that runs inline waits on its own thread for a
+/// slot that another inline evaluation holds. Such an evaluation holds its
+/// slot only while it runs, on another thread, for a few microseconds; a
+/// short wait here costs less than waiting as a task, which returns the
+/// request to the runtime and polls it again through the whole service
+/// stack, and hands the slot on in a queue that new requests then join.
+const SPIN_AT_MOST: Duration = Duration::from_micros(40);
 
 impl Slots {
     fn new(config: &HostConfig) -> Self {
@@ -243,68 +177,88 @@ impl Slots {
         }
         let s = Arc::new(TenantSlots {
             slots: Semaphore::new(self.per_tenant),
-            long: Mutex::new(HashMap::new()),
+            queued: AtomicUsize::new(0),
         });
         tenants.insert(tenant.to_string(), Arc::clone(&s));
         s
     }
 
-    fn busy(&self) -> Fault {
-        Fault::new(
-            FaultKind::Busy,
-            format!(
-                "no evaluation slot was free within {}ms ({} per tenant, {} in all)",
-                self.wait.as_millis(),
-                self.per_tenant,
-                self.total
-            ),
-        )
-    }
-
-    /// A slot of the tenant `own` and a shared one, or a `Busy` fault once
-    /// the wait is over. Until it has both, a permit it holds goes back
-    /// when it fails or its request is dropped.
-    async fn acquire(&self, own: Arc<TenantSlots>) -> Result<Slot, Fault> {
+    /// A slot for `tenant`, or a `Busy` fault once the wait is over. An
+    /// `inline` evaluation first waits briefly on this thread (see
+    /// [`SPIN_AT_MOST`]) unless others of the tenant already wait in the
+    /// queue, which it then joins behind them.
+    async fn acquire(&self, tenant: &str, inline: bool) -> Result<Slot, Fault> {
+        let own = self.of_tenant(tenant);
+        if inline
+            && own.queued.load(Ordering::Relaxed) == 0
+            && let Some(slot) = self.take_soon(&own)
+        {
+            return Ok(slot);
+        }
         let deadline = tokio::time::Instant::now() + self.wait;
-        let permit = tokio::time::timeout_at(deadline, own.slots.acquire())
-            .await
-            .map_err(|_| self.busy())?
-            .map_err(closed)?;
+        let busy = || {
+            Fault::new(
+                FaultKind::Busy,
+                format!(
+                    "no evaluation slot was free within {}ms ({} per tenant, {} in all)",
+                    self.wait.as_millis(),
+                    self.per_tenant,
+                    self.total
+                ),
+            )
+        };
+        let closed = |_| Fault::new(FaultKind::Unavailable, "the policy host is shutting down");
+        let waited = {
+            // Counted until it has a slot, or its request is dropped.
+            let _queued = InQueue::join(&own.queued);
+            tokio::time::timeout_at(deadline, own.slots.acquire()).await
+        };
+        // The tenant's permit goes back if no shared slot comes, or the
+        // request is dropped while it waits for one.
+        let permit = waited.map_err(|_| busy())?.map_err(closed)?;
         let shared = tokio::time::timeout_at(deadline, self.shared.acquire())
             .await
-            .map_err(|_| self.busy())?
+            .map_err(|_| busy())?
             .map_err(closed)?;
         permit.forget();
         shared.forget();
-        Ok(Slot {
-            tenant: Some(own),
-            shared: Arc::clone(&self.shared),
-        })
+        Ok(self.held(own))
     }
 
-    /// A shared slot alone, for an inline evaluation, or a `Busy` fault
-    /// once the wait is over. Those that wait for one wait in the order
-    /// they came, with the evaluations on fibers.
-    async fn acquire_shared(&self) -> Result<Slot, Fault> {
-        let permit = match self.shared.try_acquire() {
-            Ok(permit) => permit,
-            Err(TryAcquireError::Closed) => return Err(closed(())),
-            Err(TryAcquireError::NoPermits) => tokio::time::timeout(self.wait, self.shared.acquire())
-                .await
-                .map_err(|_| self.busy())?
-                .map_err(closed)?,
-        };
-        permit.forget();
-        Ok(Slot {
-            tenant: None,
+    /// The slot whose two permits (the tenant's and a shared one) were
+    /// just taken and forgotten: its drop returns them.
+    fn held(&self, own: Arc<TenantSlots>) -> Slot {
+        Slot {
+            tenant: own,
             shared: Arc::clone(&self.shared),
-        })
+        }
     }
-}
 
-/// The fault of an evaluation that found the host shutting down.
-fn closed<E>(_: E) -> Fault {
-    Fault::new(FaultKind::Unavailable, "the policy host is shutting down")
+    /// A slot taken on this thread within [`SPIN_AT_MOST`], if one frees.
+    fn take_soon(&self, own: &Arc<TenantSlots>) -> Option<Slot> {
+        let started = Instant::now();
+        loop {
+            match own.slots.try_acquire() {
+                Ok(permit) => match self.shared.try_acquire() {
+                    Ok(shared) => {
+                        permit.forget();
+                        shared.forget();
+                        return Some(self.held(Arc::clone(own)));
+                    }
+                    // The shared slots are all taken: those wait in the queue.
+                    Err(_) => return None,
+                },
+                Err(TryAcquireError::Closed) => return None,
+                Err(TryAcquireError::NoPermits) => {}
+            }
+            if started.elapsed() >= SPIN_AT_MOST {
+                return None;
+            }
+            for _ in 0..32 {
+                std::hint::spin_loop();
+            }
+        }
+    }
 }
 
 /// Why the host could not start.
@@ -375,15 +329,6 @@ impl Pre {
     }
 }
 
-/// What an inline evaluation came to.
-enum Inline {
-    /// It decided, or failed for good.
-    Ended(Result<Verdict, Fault>),
-    /// It outran its slice within its time limit, `left` of which is left
-    /// for its run on a fiber.
-    Outran { left: Duration },
-}
-
 struct Inner {
     engine: Engine,
     /// Links components of `arbiter:policy@0.1.0` and of `@0.2.0`.
@@ -394,9 +339,6 @@ struct Inner {
     logs: LogLimiter,
     /// Inline evaluations that outran their slice and ran again on a fiber.
     overruns: std::sync::atomic::AtomicU64,
-    /// Inline evaluations that took long enough to bar their module from
-    /// running inline outside its tenant's slots.
-    barred: std::sync::atomic::AtomicU64,
     /// Instances made ahead for inline evaluations, and spent stores.
     prepared: Arc<Prepared>,
     /// The memory limit a prepared instance is made with.
@@ -587,7 +529,6 @@ impl Host {
         // Exported from the start, at 0, so that a rate over it is defined
         // before the first overrun.
         metrics::counter!("arbiter_policy_inline_overruns_total").increment(0);
-        metrics::counter!("arbiter_policy_inline_barred_total").increment(0);
         let (ready, spent) = prepared_room(config);
         let prepared = Prepared::new(PREPARED_PER_MODULE, ready, spent);
         let host = Self {
@@ -611,7 +552,6 @@ impl Host {
                 slots: Slots::new(config),
                 logs: LogLimiter::default(),
                 overruns: std::sync::atomic::AtomicU64::new(0),
-                barred: std::sync::atomic::AtomicU64::new(0),
                 prepared: Arc::clone(&prepared),
                 max_memory_bytes: config.max_memory_bytes,
                 stop_ticking,
@@ -649,13 +589,6 @@ impl Host {
     /// fiber since the host started.
     pub fn inline_overruns(&self) -> u64 {
         self.inner.overruns.load(Ordering::Relaxed)
-    }
-
-    /// How many inline evaluations took long enough to bar their module
-    /// from running inline outside its tenant's slots, since the host
-    /// started.
-    pub fn inline_barred(&self) -> u64 {
-        self.inner.barred.load(Ordering::Relaxed)
     }
 
     /// How many evaluations ran in an instance prepared ahead of them
@@ -831,58 +764,28 @@ impl Inner {
         (store, result)
     }
 
-    /// One evaluation inline, ended by `deadline`: instantiated and called
-    /// on this thread, without a fiber, which is what most evaluations need
-    /// and the cheapest way to run them. The first epoch tick ends it (so
-    /// that it holds the thread no longer than one on a fiber holds it
-    /// between yields); if its time limit has not passed, it is to run
-    /// again from the start on a fiber, in a fresh store, within what is
-    /// left of the limit. A policy sees only its request, so the second run
-    /// decides what the first would have. One that took more than
-    /// [`INLINE_AT_MOST`] of CPU time counts against its module for `own`,
-    /// its tenant, if given (see [`TenantSlots::ran_long`]).
-    fn run_inline(
-        &self,
-        pre: &Pre,
-        call: &Call,
-        input: &Input,
-        deadline: Instant,
-        own: Option<&TenantSlots>,
-    ) -> Inline {
-        let started = own.map(|_| (Instant::now(), thread_cpu_time()));
-        let (store, result) = self.evaluate_inline(pre, call, input, deadline);
-        let outran = result.is_err() && store.data().outran_slice;
-        let verdict = (!outran).then(|| self.finish(&call.policy, call.limits, store.data(), result));
-        self.prepared.retire(store);
-        if let (Some(own), Some((wall, cpu))) = (own, started)
-            && wall.elapsed() >= INLINE_AT_MOST
-            && thread_cpu_time().saturating_sub(cpu) >= INLINE_AT_MOST
-            && own.ran_long(&call.digest)
-        {
-            self.barred.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("arbiter_policy_inline_barred_total").increment(1);
-        }
-        match verdict {
-            Some(verdict) => Inline::Ended(verdict),
-            None => {
-                self.overruns.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("arbiter_policy_inline_overruns_total").increment(1);
-                Inline::Outran {
-                    left: deadline.saturating_duration_since(Instant::now()),
-                }
+    /// One evaluation. A module that imports nothing asynchronous starts
+    /// inline: instantiated and called on this thread, without a fiber,
+    /// which is what most evaluations need and the cheapest way to run
+    /// them. The first epoch tick ends an inline evaluation (so that it
+    /// holds the thread no longer than one on a fiber holds it between
+    /// yields); if its time limit has not passed, it runs again from the
+    /// start on a fiber, in a fresh store, within what is left of the
+    /// limit. A policy sees only its request, so the second run decides
+    /// what the first would have.
+    async fn evaluate(&self, pre: &Pre, call: &Call, input: &Input) -> Result<Verdict, Fault> {
+        let deadline = Instant::now() + call.limits.timeout;
+        if pre.inline() {
+            let (store, result) = self.evaluate_inline(pre, call, input, deadline);
+            let outran = result.is_err() && store.data().outran_slice;
+            let verdict = (!outran).then(|| self.finish(&call.policy, call.limits, store.data(), result));
+            self.prepared.retire(store);
+            if let Some(verdict) = verdict {
+                return verdict;
             }
+            self.overruns.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("arbiter_policy_inline_overruns_total").increment(1);
         }
-    }
-
-    /// One evaluation on a fiber, ended by `deadline`: it yields to the
-    /// runtime at every epoch tick.
-    async fn run_on_fiber(
-        &self,
-        pre: &Pre,
-        call: &Call,
-        input: &Input,
-        deadline: Instant,
-    ) -> Result<Verdict, Fault> {
         let mut store = self.store(
             input.now_unix_ms,
             call.limits,
@@ -903,19 +806,6 @@ impl Inner {
         let verdict = self.finish(&call.policy, call.limits, store.data(), result);
         self.prepared.retire(store);
         verdict
-    }
-
-    /// One evaluation outside the slots: inline first if the module
-    /// imports nothing asynchronous (see [`Inner::run_inline`]), else, or
-    /// then, on a fiber.
-    async fn evaluate(&self, pre: &Pre, call: &Call, input: &Input) -> Result<Verdict, Fault> {
-        let deadline = Instant::now() + call.limits.timeout;
-        if pre.inline()
-            && let Inline::Ended(verdict) = self.run_inline(pre, call, input, deadline, None)
-        {
-            return verdict;
-        }
-        self.run_on_fiber(pre, call, input, deadline).await
     }
 
     async fn validate_settings(&self, call: &Call) -> Result<Result<(), String>, Fault> {
@@ -1126,34 +1016,8 @@ impl PolicyRuntime for Host {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             let pre = inner.loaded(&call.digest)?;
-            let own = inner.slots.of_tenant(&input.tenant);
-            let mut left = call.limits.timeout;
-            let mut inline = pre.inline();
-            if inline && own.runs_inline(&call.digest) {
-                // Inline in a shared slot alone.
-                let _shared = inner.slots.acquire_shared().await?;
-                let deadline = Instant::now() + left;
-                match inner.run_inline(&pre, &call, &input, deadline, Some(&own)) {
-                    Inline::Ended(verdict) => return verdict,
-                    Inline::Outran { left: rest } => left = rest,
-                }
-                inline = false;
-            }
-            // In one of the tenant's slots (the time it waits for one does
-            // not count against its limit): inline if its module is barred
-            // from running inline outside them, and on a fiber if it has
-            // to.
-            let _slot = inner.slots.acquire(Arc::clone(&own)).await?;
-            if inline {
-                let deadline = Instant::now() + left;
-                match inner.run_inline(&pre, &call, &input, deadline, Some(&own)) {
-                    Inline::Ended(verdict) => return verdict,
-                    Inline::Outran { left: rest } => left = rest,
-                }
-            }
-            inner
-                .run_on_fiber(&pre, &call, &input, Instant::now() + left)
-                .await
+            let _slot = inner.slots.acquire(&input.tenant, pre.inline()).await?;
+            inner.evaluate(&pre, &call, &input).await
         })
     }
 
@@ -1167,7 +1031,7 @@ impl PolicyRuntime for Host {
         Box::pin(async move {
             // Validations share the slots of evaluations: an admin's
             // uploads never take more than one tenant's share.
-            let _slot = inner.slots.acquire(inner.slots.of_tenant(VALIDATIONS)).await?;
+            let _slot = inner.slots.acquire(VALIDATIONS, false).await?;
             let call = Call {
                 settings_json: settings_json.into(),
                 ..Call::new(digest, "settings validation", limits)
@@ -1220,37 +1084,39 @@ mod tests {
     #[tokio::test]
     async fn a_slot_is_returned_to_both_queues_when_it_drops() {
         let slots = slots(1, 2, Duration::from_secs(1));
-        let held = slots.acquire(slots.of_tenant("a")).await.unwrap();
+        let held = slots.acquire("a", true).await.unwrap();
         assert_eq!(free(&slots, "a"), (0, 1));
+        // An inline evaluation of the same tenant does not take a second
+        // slot while the first is held.
+        assert!(slots.take_soon(&slots.of_tenant("a")).is_none());
         drop(held);
         assert_eq!(free(&slots, "a"), (1, 2));
-        // An inline evaluation takes a shared slot alone.
-        let inline = slots.acquire_shared().await.unwrap();
-        assert_eq!(free(&slots, "a"), (1, 1));
-        drop(inline);
+        let queued = slots.acquire("a", false).await.unwrap();
+        assert_eq!(free(&slots, "a"), (0, 1));
+        drop(queued);
         assert_eq!(free(&slots, "a"), (1, 2));
     }
 
     #[tokio::test]
     async fn a_tenant_that_waited_in_vain_for_a_shared_slot_keeps_its_own() {
         let slots = slots(1, 1, Duration::from_millis(20));
-        let held = slots.acquire(slots.of_tenant("a")).await.unwrap();
-        let fault = slots.acquire(slots.of_tenant("b")).await.err().unwrap();
-        assert_eq!(fault.kind, FaultKind::Busy, "{}", fault.detail);
-        assert_eq!(free(&slots, "b"), (1, 0));
-        let fault = slots.acquire_shared().await.err().unwrap();
-        assert_eq!(fault.kind, FaultKind::Busy, "{}", fault.detail);
+        let held = slots.acquire("a", true).await.unwrap();
+        for inline in [true, false] {
+            let fault = slots.acquire("b", inline).await.err().unwrap();
+            assert_eq!(fault.kind, FaultKind::Busy, "{}", fault.detail);
+            assert_eq!(free(&slots, "b"), (1, 0));
+        }
         drop(held);
         assert_eq!(free(&slots, "b"), (1, 1));
-        assert!(slots.acquire(slots.of_tenant("b")).await.is_ok());
+        assert!(slots.acquire("b", true).await.is_ok());
     }
 
     #[tokio::test]
     async fn a_request_dropped_while_it_waits_for_a_shared_slot_gives_back_its_tenants() {
         use futures::FutureExt;
         let slots = slots(1, 1, Duration::from_secs(5));
-        let held = slots.acquire(slots.of_tenant("a")).await.unwrap();
-        let mut waiting = Box::pin(slots.acquire(slots.of_tenant("b")));
+        let held = slots.acquire("a", false).await.unwrap();
+        let mut waiting = Box::pin(slots.acquire("b", false));
         assert!((&mut waiting).now_or_never().is_none());
         assert_eq!(free(&slots, "b"), (0, 0), "b's request holds b's slot");
         drop(waiting);
@@ -1260,21 +1126,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn inline_evaluations_wait_for_a_shared_slot_alone_in_turn() {
+    async fn inline_evaluations_wait_behind_the_queue_not_before_it() {
         use futures::FutureExt;
-        // The tenant's one slot held: an inline evaluation of the tenant
-        // still runs at once.
         let slots = slots(1, 4, Duration::from_secs(5));
-        let held = slots.acquire(slots.of_tenant("a")).await.unwrap();
-        assert!(slots.acquire_shared().now_or_never().is_some_and(|s| s.is_ok()));
-        drop(held);
-        // With every shared slot held, it waits behind those that came
-        // before it.
-        let slots = self::slots(1, 1, Duration::from_secs(5));
-        let held = slots.acquire(slots.of_tenant("a")).await.unwrap();
-        let mut first = Box::pin(slots.acquire(slots.of_tenant("b")));
+        let held = slots.acquire("a", true).await.unwrap();
+        let mut first = Box::pin(slots.acquire("a", false));
         assert!((&mut first).now_or_never().is_none());
-        let mut second = Box::pin(slots.acquire_shared());
+        let mut second = Box::pin(slots.acquire("a", true));
         assert!((&mut second).now_or_never().is_none());
         drop(held);
         let first = first.await.unwrap();
@@ -1283,25 +1141,14 @@ mod tests {
             "the later request took the slot first"
         );
         drop(first);
-        drop(second.await.unwrap());
-        assert_eq!(free(&slots, "a"), (1, 1));
-    }
-
-    #[test]
-    fn three_long_runs_bar_a_module_for_their_tenant_alone() {
-        let slots = slots(1, 4, Duration::from_secs(1));
-        let (a, b) = (slots.of_tenant("a"), slots.of_tenant("b"));
-        assert!(!a.ran_long("m"));
-        assert!(!a.ran_long("m"));
-        assert!(a.runs_inline("m"), "two long runs do not bar it");
-        assert!(a.ran_long("m"), "the third does");
-        assert!(!a.runs_inline("m"));
-        assert!(!a.ran_long("m"), "barred once");
-        assert!(a.runs_inline("n"));
-        assert!(b.runs_inline("m"));
-        for i in 0..MAX_LONG * 2 {
-            a.ran_long(&format!("x{i}"));
-        }
-        assert!(a.long.lock().unwrap().len() <= MAX_LONG);
+        let held = second.await.unwrap();
+        // A request dropped while it waits leaves the queue.
+        let mut gone = Box::pin(slots.acquire("a", false));
+        assert!((&mut gone).now_or_never().is_none());
+        assert_eq!(slots.of_tenant("a").queued.load(Ordering::Relaxed), 1);
+        drop(gone);
+        assert_eq!(slots.of_tenant("a").queued.load(Ordering::Relaxed), 0);
+        drop(held);
+        assert_eq!(free(&slots, "a"), (1, 4));
     }
 }
