@@ -73,6 +73,9 @@ pub struct Config {
     /// How long an evaluation waits for a slot before the request is
     /// refused with RATE_LIMITED, in milliseconds.
     pub policy_slot_wait_ms: u64,
+    /// Make instances of inline policies ahead of their evaluations on a
+    /// thread of their own (for machines with idle cores).
+    pub policy_prepare_ahead: bool,
     /// Most stored resources one list request reads: past it, the page
     /// ends early with a page token, however few items matched the filter.
     pub list_scan_limit: usize,
@@ -127,6 +130,7 @@ impl Default for Config {
             policy_concurrency: 64,
             policy_tenant_concurrency: None,
             policy_slot_wait_ms: 1_000,
+            policy_prepare_ahead: false,
             list_scan_limit: 10_000,
             policy_cache_dir: None,
             require_preconditions: Vec::new(),
@@ -189,6 +193,10 @@ pub struct ServeArgs {
     /// Wait for a policy evaluation slot in ms [default: 1000].
     #[arg(long, env = "ARBITER_POLICY_SLOT_WAIT_MS", value_name = "MS")]
     pub policy_slot_wait_ms: Option<u64>,
+    /// Make instances of inline policies ahead, on a thread of their own
+    /// [default: false]; for machines whose cores the requests leave idle.
+    #[arg(long, env = "ARBITER_POLICY_PREPARE_AHEAD", value_name = "BOOL")]
+    pub policy_prepare_ahead: Option<bool>,
     /// Most resources one list request reads [default: 10000].
     #[arg(long, env = "ARBITER_LIST_SCAN_LIMIT", value_name = "N")]
     pub list_scan_limit: Option<usize>,
@@ -285,6 +293,7 @@ impl Config {
             policy_concurrency,
             policy_tenant_concurrency,
             policy_slot_wait_ms,
+            policy_prepare_ahead,
             list_scan_limit,
             policy_cache_dir,
             require_preconditions,
@@ -334,6 +343,9 @@ impl Config {
         }
         if let Some(v) = policy_slot_wait_ms {
             self.policy_slot_wait_ms = v;
+        }
+        if let Some(v) = policy_prepare_ahead {
+            self.policy_prepare_ahead = v;
         }
         if let Some(v) = list_scan_limit {
             self.list_scan_limit = v.max(1);
@@ -429,6 +441,7 @@ impl Config {
                 .policy_tenant_concurrency
                 .unwrap_or_else(arbiter_policy::default_tenant_concurrency),
             slot_wait: std::time::Duration::from_millis(self.policy_slot_wait_ms),
+            prepare_ahead: self.policy_prepare_ahead,
             ..arbiter_policy::HostConfig::default()
         }
     }
@@ -446,6 +459,8 @@ mod tests {
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.log_format, LogFormat::Text);
         assert!(c.fsync);
+        assert!(!c.policy_prepare_ahead);
+        assert!(!c.policy_host().prepare_ahead);
         assert_eq!(c.store, StoreKind::Rocksdb);
         assert_eq!(c.etcd_prefix, "/arbiter");
         assert_eq!(c.history_retention.as_secs(), 168 * 3600);
@@ -463,6 +478,13 @@ mod tests {
         });
         assert_eq!(c.grpc_addr.port(), 2);
         assert_eq!(c.log_format, LogFormat::Json);
+        c.apply(&ServeArgs {
+            policy_prepare_ahead: Some(true),
+            ..Default::default()
+        });
+        assert!(c.policy_host().prepare_ahead);
+        let file = Config::from_toml("policy_prepare_ahead = true\n").unwrap_or_default();
+        assert!(file.policy_host().prepare_ahead);
     }
 
     #[test]

@@ -673,3 +673,41 @@ async fn warn_mode_lets_a_denied_change_through_with_a_warning() {
     assert_eq!((guard.warned, guard.denied), (3, 0), "{guard:?}");
     server.stop().await;
 }
+
+/// The counter `name` in a `/metrics` text.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// With `--policy-prepare-ahead true`, evaluations of an inline policy run
+/// in instances made ahead of them, and decide as they would without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_made_ahead_serve_evaluations_when_asked() {
+    let server = TestServer::start_with(|c| c.policy_prepare_ahead = true).await;
+    upload(&server, "acme", "vm-guard", policy(guests::VM_GUARD, &["vm"])).await;
+    let mut vms = server.vms("acme-editor");
+    let base = server.http_base();
+    // The preparing thread makes instances of the modules it has seen
+    // evaluated: creates go on until one ran in an instance made ahead.
+    let mut created = 0;
+    while counter(&metrics_text(&base).await, "arbiter_policy_prepared_total") == 0 {
+        vms.create_virtual_machine(create_vm(&format!("ahead-{created}")))
+            .await
+            .unwrap();
+        created += 1;
+        assert!(created < 2_000, "no evaluation ran in an instance made ahead");
+    }
+    let mut big = create_vm("big-ahead");
+    big.vm.as_mut().unwrap().machine_type = "m9-enormous".into();
+    let f = expect_failure(
+        vms.create_virtual_machine(big).await,
+        Code::InvalidArgument,
+        "POLICY_REJECTED",
+    );
+    assert_eq!(f.metadata["denial_reason"], "MACHINE_TYPE_NOT_ALLOWED");
+    server.stop().await;
+}
