@@ -79,12 +79,8 @@ async fn measure_b(channel: &tonic::transport::Channel, phase: &str) -> u64 {
 
 /// `arbiter_policy_evaluations_total{result}` from `/metrics`.
 async fn evaluations(base: &str, result: &str) -> u64 {
-    let text = metrics_text(base).await;
     let series = format!("arbiter_policy_evaluations_total{{result=\"{result}\"}}");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    metric_value(&metrics_text(base).await, &series)
 }
 
 /// Both ways the host runs a policy: hostile (with WASI) on a fiber from

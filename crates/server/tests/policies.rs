@@ -42,6 +42,13 @@ fn labelled(id: &str, labels: &[(&str, &str)]) -> CreateVirtualMachineRequest {
     labelled_in("acme", id, labels)
 }
 
+/// A create of a VM of a machine type vm-guard does not allow.
+fn enormous(id: &str) -> CreateVirtualMachineRequest {
+    let mut req = create_vm(id);
+    req.vm.as_mut().unwrap().machine_type = "m9-enormous".into();
+    req
+}
+
 fn stop(name: &str) -> StopVirtualMachineRequest {
     StopVirtualMachineRequest {
         name: name.into(),
@@ -102,8 +109,7 @@ async fn vm_guard_denies_conflicts_and_invalid_machine_types() {
     .unwrap();
     vms.stop_virtual_machine(stop(&vm.name)).await.unwrap();
 
-    let mut big = create_vm("big-1");
-    big.vm.as_mut().unwrap().machine_type = "m9-enormous".into();
+    let big = enormous("big-1");
     let f = expect_failure(
         vms.create_virtual_machine(big).await,
         Code::InvalidArgument,
@@ -119,9 +125,8 @@ async fn vm_guard_denies_conflicts_and_invalid_machine_types() {
     assert_eq!(f.metadata["denial_reason"], "MACHINE_TYPE_NOT_ALLOWED");
 
     // validate_only runs the policies too, and writes nothing.
-    let mut dry = create_vm("big-2");
+    let mut dry = enormous("big-2");
     dry.validate_only = true;
-    dry.vm.as_mut().unwrap().machine_type = "m9-enormous".into();
     expect_failure(
         vms.create_virtual_machine(dry).await,
         Code::InvalidArgument,
@@ -129,9 +134,8 @@ async fn vm_guard_denies_conflicts_and_invalid_machine_types() {
     );
 
     // Another tenant has no policies: the same request passes there.
-    let mut other = create_vm("big-1");
+    let mut other = enormous("big-1");
     other.parent = "tenants/globex".into();
-    other.vm.as_mut().unwrap().machine_type = "m9-enormous".into();
     server
         .vms("globex-editor")
         .create_virtual_machine(other)
@@ -271,8 +275,7 @@ async fn a_new_revision_takes_effect_at_once_and_rolls_back_by_digest() {
     let mut server = TestServer::start().await;
     let guard = upload(&server, "acme", "guard", policy(guests::VM_GUARD, &["vm"])).await;
     let mut vms = server.vms("acme-editor");
-    let mut big = create_vm("big");
-    big.vm.as_mut().unwrap().machine_type = "m9-enormous".into();
+    let mut big = enormous("big");
     expect_failure(
         vms.create_virtual_machine(big.clone()).await,
         Code::InvalidArgument,
@@ -598,8 +601,7 @@ async fn warn_mode_lets_a_denied_change_through_with_a_warning() {
     let mut guard = policy(guests::VM_GUARD, &["vm"]);
     guard.mode = Mode::Warn as i32;
     upload(&server, "acme", "vm-guard", guard).await;
-    let mut big = create_vm("big-1");
-    big.vm.as_mut().unwrap().machine_type = "m9-enormous".into();
+    let big = enormous("big-1");
 
     // gRPC: created, with the denial as `arbiter-warning` metadata.
     let created = server
@@ -674,15 +676,6 @@ async fn warn_mode_lets_a_denied_change_through_with_a_warning() {
     server.stop().await;
 }
 
-/// The counter `name` in a `/metrics` text.
-fn counter(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
 /// With `--policy-prepare-ahead true`, evaluations of an inline policy run
 /// in instances made ahead of them, and decide as they would without.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -694,15 +687,14 @@ async fn instances_made_ahead_serve_evaluations_when_asked() {
     // The preparing thread makes instances of the modules it has seen
     // evaluated: creates go on until one ran in an instance made ahead.
     let mut created = 0;
-    while counter(&metrics_text(&base).await, "arbiter_policy_prepared_total") == 0 {
+    while metric_value(&metrics_text(&base).await, "arbiter_policy_prepared_total") == 0 {
         vms.create_virtual_machine(create_vm(&format!("ahead-{created}")))
             .await
             .unwrap();
         created += 1;
         assert!(created < 2_000, "no evaluation ran in an instance made ahead");
     }
-    let mut big = create_vm("big-ahead");
-    big.vm.as_mut().unwrap().machine_type = "m9-enormous".into();
+    let big = enormous("big-ahead");
     let f = expect_failure(
         vms.create_virtual_machine(big).await,
         Code::InvalidArgument,

@@ -455,6 +455,16 @@ pub async fn policy_stats(server: &TestServer, id: &str) -> Option<arbiter_api::
     stats.policies.into_iter().find(|p| p.policy == name)
 }
 
+/// The value of one series (a metric's name with its labels) in a
+/// `/metrics` text; 0 if it is not there.
+pub fn metric_value(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
 /// The text of a server's `/metrics`, from its HTTP base address.
 pub async fn metrics_text(base: &str) -> String {
     reqwest::get(format!("{base}/metrics"))
