@@ -662,6 +662,7 @@ async fn main() -> anyhow::Result<()> {
     let report = serde_json::json!({
         "system": system,
         "scenario": scenario,
+        "tenant": args.tenant,
         "concurrency": args.concurrency,
         "payload_bytes": args.payload_bytes,
         "keys": keys,

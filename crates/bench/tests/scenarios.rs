@@ -92,6 +92,10 @@ async fn scenarios_keep_their_promises_over_grpc_and_http() {
     )
     .await;
     assert_eq!(report["ok"], 50, "{report}");
+    assert_eq!(
+        report["tenant"], "tx",
+        "the report names the tenant written: {report}"
+    );
     let client = arbiter_client::Client::connect(&format!("http://{}", running.grpc_addr), Some(&token))
         .await
         .unwrap();

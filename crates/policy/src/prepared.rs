@@ -305,3 +305,74 @@ impl Prepared {
         idle
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A maker whose instantiations all fail or take too long, counting
+    /// what it is asked for.
+    #[derive(Default)]
+    struct Refusing {
+        asked: Mutex<Vec<String>>,
+    }
+
+    impl Maker for Refusing {
+        fn make(&self, digest: &str) -> Option<Result<(Store<GuestState>, Instance), ()>> {
+            self.asked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(digest.to_string());
+            Some(Err(()))
+        }
+    }
+
+    fn asked(maker: &Refusing) -> Vec<String> {
+        maker.asked.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Polls `done` until it holds, for at most ten seconds.
+    fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within 10 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_module_refused_off_the_path_is_left_to_its_requests_for_a_while() {
+        let prepared = Prepared::new(4, 8, 0);
+        let maker = Arc::new(Refusing::default());
+        prepared.start(Arc::downgrade(&maker)).expect("preparing thread");
+
+        // The first request finds nothing ready and asks for instances;
+        // the one attempt fails, and the module is refused.
+        assert!(prepared.take("slow").is_none());
+        until("the refusal", || prepared.lock().refused.contains_key("slow"));
+        assert_eq!(asked(&maker), ["slow"], "one failed attempt ends the batch");
+
+        // Its next requests make their own instances without asking again.
+        for _ in 0..10 {
+            assert!(prepared.take("slow").is_none());
+        }
+        assert!(prepared.lock().wanted.is_empty());
+
+        // Another module is still prepared for; by the time the thread has
+        // tried it, it has not tried "slow" again.
+        assert!(prepared.take("other").is_none());
+        until("the other module's attempt", || asked(&maker).len() == 2);
+        assert_eq!(asked(&maker), ["slow", "other"]);
+        assert_eq!(prepared.used(), 0);
+
+        // The refusal ends: the module is tried again after REFUSED_FOR.
+        prepared
+            .lock()
+            .refused
+            .insert("slow".into(), Instant::now() - Duration::from_millis(1));
+        assert!(prepared.take("slow").is_none());
+        until("the new attempt", || asked(&maker).len() == 3);
+        assert_eq!(asked(&maker)[2], "slow");
+        prepared.stop();
+    }
+}
