@@ -56,6 +56,7 @@ use alloc::vec::Vec;
 
 #[cfg(all(not(feature = "std"), target_arch = "wasm32"))]
 mod arena;
+mod field;
 
 /// The allocator of `no_std` policies: an arena that never frees. An
 /// instance lives for one evaluation, so freeing would only cost time.
@@ -177,6 +178,16 @@ macro_rules! helpers {
                 serde_json::from_str(&self.spec_json)
                     .map($crate::Spec)
                     .map_err(|e| $crate::SpecError(e.to_string()))
+            }
+
+            /// One top-level string field of the spec by its JSON name
+            /// (`machineType`); `""` when absent, as proto3 JSON leaves out
+            /// empty strings. It reads only as far as the field, without
+            /// parsing the fields it passes: the cheapest way to read one
+            /// or two fields. An error when the field holds something other
+            /// than a string.
+            pub fn spec_str(&self, field: &str) -> Result<alloc::borrow::Cow<'_, str>, $crate::SpecError> {
+                $crate::field::top_level_str(&self.spec_json, field)
             }
 
             /// The object's fields as your own type; name the fields in
@@ -347,6 +358,9 @@ mod tests {
         }
         let typed: Vm = object.spec_as().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(typed.machine_type, "e2-small");
+        assert_eq!(object.spec_str("machineType").as_deref(), Ok("e2-small"));
+        assert_eq!(object.spec_str("image").as_deref(), Ok(""));
+        assert!(vm("STOPPED", &[], "not json").spec_str("image").is_err());
         assert!(vm("STOPPED", &[], "not json").spec().is_err());
     }
 

@@ -29,7 +29,7 @@
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 /// The generated bindings of the `arbiter:policy/policy@0.2.0` world.
 ///
@@ -99,13 +99,16 @@ impl From<SettingsError> for String {
 /// Parses settings JSON into the policy's own type: what
 /// `validate-settings` and [`Request::settings`] share, so that settings
 /// accepted at upload parse the same way at every evaluation.
-pub fn parse_settings<T: DeserializeOwned>(settings_json: &str) -> Result<T, SettingsError> {
+///
+/// `T` may borrow from the JSON (`&'a str`, `Cow<'a, str>` with
+/// `#[serde(borrow)]`), which spares copying strings that hold no escapes.
+pub fn parse_settings<'a, T: Deserialize<'a>>(settings_json: &'a str) -> Result<T, SettingsError> {
     serde_json::from_str(settings_json).map_err(|e| SettingsError(e.to_string()))
 }
 
 impl Request {
     /// The binding's settings as the policy's own type.
-    pub fn settings<T: DeserializeOwned>(&self) -> Result<T, SettingsError> {
+    pub fn settings<'a, T: Deserialize<'a>>(&'a self) -> Result<T, SettingsError> {
         parse_settings(&self.settings_json)
     }
 
