@@ -8,7 +8,8 @@
 //!
 //! - [`Request`] and [`Object`] helpers: which object is judged, its labels,
 //!   the state it moves from and to, and its fields parsed from
-//!   `spec-json` ([`Object::spec`], [`Spec`]).
+//!   `spec-json` ([`Object::spec`], [`Spec`], [`Object::spec_as`]), or one
+//!   string field read without parsing the rest ([`Object::spec_str`]).
 //! - Decision builders: [`allow`], and [`conflict`], [`invalid`] and
 //!   [`forbidden`] denials with [`Deny::violation`].
 //! - [`log`], which goes to the server's log (rate-limited).
